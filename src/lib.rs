@@ -1,0 +1,1 @@
+//! flint: a microVM monitor on Linux KVM.
