@@ -1,1 +1,17 @@
 //! flint: a microVM monitor on Linux KVM.
+//!
+//! [`config`] turns a JSON file and flags into a [`config::VmConfig`];
+//! [`vmm::run`] builds the VM from it and runs it until the guest ends.
+
+pub mod boot;
+pub mod config;
+pub mod console;
+pub mod control;
+pub mod device_manager;
+pub mod host;
+pub mod memory;
+pub mod terminal;
+pub mod timer;
+pub mod virtio_devices;
+pub mod vmm;
+pub mod vstate;

@@ -1,1 +1,0 @@
-//! virtio-block.

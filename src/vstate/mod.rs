@@ -1,0 +1,5 @@
+//! KVM state: the VM and its vCPUs.
+
+pub mod emulate;
+pub mod vcpu;
+pub mod vm;
