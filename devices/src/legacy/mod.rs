@@ -1,1 +1,15 @@
 //! Legacy PC devices on the port-I/O bus.
+//!
+//! - [`serial`]: COM1, a 16550A UART (vm-superio) at 0x3f8, IRQ 4: the
+//!   guest console.
+//! - [`i8042`]: the PS/2 controller at 0x60/0x64, IRQ 1: keyboard input,
+//!   Ctrl-Alt-Del from the VMM, and the CPU reset that `reboot=k` uses.
+//!
+//! Each device creates its own EventFds and exposes them; the VMM registers
+//! the interrupt ones as irqfds and watches the rest in its event loop.
+
+pub mod i8042;
+pub mod serial;
+
+pub use i8042::{Error as I8042Error, I8042Device, I8042_BASE, I8042_KBD_IRQ, I8042_PORT_LEN};
+pub use serial::{SerialCounts, SerialDevice, SerialMetrics, COM1_BASE, COM1_IRQ, SERIAL_PORT_LEN};
