@@ -115,7 +115,6 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<Outcome, Error> {
     }
     let profile = match (host, opts.host_profile) {
         (HostKind::Pvm, true) => {
-            eprintln!("{}", host::PVM_WARNING);
             let khz = vcpus[0].tsc_khz().unwrap_or(0);
             (khz > 0).then(|| host::pvm_cmdline(khz))
         }
@@ -147,6 +146,9 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<Outcome, Error> {
     em.add_subscriber(ctl.clone());
     for s in dm.subscribers.drain(..) {
         em.add_subscriber(s);
+    }
+    if host == HostKind::Pvm {
+        eprintln!("{}", host::PVM_WARNING);
     }
     timer::mark(Phase::VmBuilt);
     for v in vcpus {

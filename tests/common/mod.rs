@@ -1,0 +1,183 @@
+//! Helpers shared by the integration tests: the guest artifacts, running
+//! the real `flint` binary with a deadline, and the host kind.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const FLINT: &str = env!("CARGO_BIN_EXE_flint");
+
+/// The default guest's artifacts (kernel, initrd, rootfs...), built or taken
+/// from the cache by resources/default-guest.sh once per test process.
+pub fn guest() -> &'static HashMap<String, PathBuf> {
+    static GUEST: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
+    GUEST.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("resources/default-guest.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run resources/default-guest.sh");
+        assert!(out.status.success(), "resources/default-guest.sh failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
+            .collect()
+    })
+}
+
+pub fn artifact(name: &str) -> PathBuf {
+    guest()
+        .get(name)
+        .unwrap_or_else(|| panic!("resources/default-guest.sh printed no {name}="))
+        .clone()
+}
+
+/// True on a kvm_pvm host, where guest user space cannot make system calls.
+pub fn is_pvm_host() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// Skip a test that needs guest user space when this host cannot run it.
+/// Returns true when the caller must return.
+pub fn skip_without_guest_user_space(test: &str) -> bool {
+    if is_pvm_host() {
+        eprintln!(
+            "SKIPPED {test}: needs guest user space, which cannot make system calls on this \
+             kvm_pvm host (no hardware virtualization); it runs on hardware KVM"
+        );
+        return true;
+    }
+    false
+}
+
+/// Deadline for a boot on this host: the emulating PVM host runs guest
+/// kernel code orders of magnitude slower than hardware.
+pub fn boot_deadline() -> Duration {
+    if is_pvm_host() {
+        Duration::from_secs(600)
+    } else {
+        Duration::from_secs(60)
+    }
+}
+
+/// A running flint with its output collected as it comes.
+pub struct Running {
+    pub child: Child,
+    output: Arc<Mutex<String>>,
+    lines: Receiver<()>,
+}
+
+/// Start flint with `args`, stdin closed.
+pub fn spawn(args: &[&str]) -> Running {
+    let mut child = Command::new(FLINT)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start flint");
+    let output = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = channel();
+    for stream in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let output = output.clone();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut stream = stream;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                output
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+                let _ = tx.send(());
+            }
+        });
+    }
+    Running {
+        child,
+        output,
+        lines: rx,
+    }
+}
+
+impl Running {
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Wait until the output contains `needle`; panics with the output on
+    /// timeout or if flint exits first.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        loop {
+            if self.output().contains(needle) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the readers catch up before judging.
+                std::thread::sleep(Duration::from_millis(200));
+                if self.output().contains(needle) {
+                    return;
+                }
+                panic!(
+                    "flint exited ({status}) before printing {needle:?}; output:\n{}",
+                    self.output()
+                );
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let _ = self.child.kill();
+                panic!("no {needle:?} within {timeout:?}; output:\n{}", self.output());
+            }
+            let _ = self.lines.recv_timeout(left.min(Duration::from_millis(500)));
+        }
+    }
+
+    /// Wait for flint to exit; kills it and panics on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for flint") {
+                std::thread::sleep(Duration::from_millis(200));
+                return status;
+            }
+            if Instant::now() >= end {
+                let _ = self.child.kill();
+                panic!("flint did not exit within {timeout:?}; output:\n{}", self.output());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run flint to completion and return (status, output).
+pub fn run(args: &[&str], timeout: Duration) -> (ExitStatus, String) {
+    let mut r = spawn(args);
+    let status = r.wait_exit(timeout);
+    (status, r.output())
+}
