@@ -1,0 +1,106 @@
+//! Booting the default guest with the real `flint` binary.
+//!
+//! On a kvm_pvm host these check what the guest kernel does by itself (its
+//! hand-over to init, CPU bring-up, reboot); the tests that need guest user
+//! space run on hardware KVM and say why they skip elsewhere.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{artifact, boot_deadline, skip_without_guest_user_space, spawn};
+
+const HANDOVER: &str = "Run /init as init process";
+/// The default command line plus what a test adds.
+fn cmdline(extra: &str) -> String {
+    format!("{} {extra}", flint::config::DEFAULT_CMDLINE)
+}
+
+#[test]
+fn default_guest_reaches_init_and_flint_exits_0_on_reboot() {
+    let (kernel, initrd) = (artifact("kernel"), artifact("initrd"));
+    let mut vm = spawn(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--boot-timer",
+    ]);
+    vm.wait_for(HANDOVER, boot_deadline());
+    // On hardware KVM init powers off; on PVM init dies at its first system
+    // call and the kernel panics and reboots (panic=1). Either way: 0.
+    let status = vm.wait_exit(Duration::from_secs(120));
+    let out = vm.output();
+    assert_eq!(status.code(), Some(0), "{out}");
+    for phase in ["vm-built", "first-kvm-run", "first-console-byte", "init-handover"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("flint: boot-phase {phase} ")))
+            .unwrap_or_else(|| panic!("no {phase} line:\n{out}"));
+        assert!(line.ends_with(" ms"), "{line}");
+    }
+}
+
+#[test]
+fn two_vcpus_are_brought_up() {
+    let (kernel, initrd) = (artifact("kernel"), artifact("initrd"));
+    let cl = cmdline("rdinit=/pause");
+    let mut vm = spawn(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--vcpus",
+        "2",
+        "--cmdline",
+        &cl,
+    ]);
+    vm.wait_for("smp: Brought up 1 node, 2 CPUs", boot_deadline());
+    vm.wait_for("Run /pause as init process", boot_deadline());
+}
+
+#[test]
+fn sigterm_reboots_the_guest_through_ctrl_alt_del() {
+    let (kernel, initrd) = (artifact("kernel"), artifact("initrd"));
+    let cl = cmdline("rdinit=/pause");
+    let mut vm = spawn(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--cmdline",
+        &cl,
+    ]);
+    vm.wait_for("Run /pause as init process", boot_deadline());
+    vm.signal(libc::SIGTERM);
+    let status = vm.wait_exit(Duration::from_secs(120));
+    let out = vm.output();
+    assert!(out.contains("Ctrl-Alt-Del"), "{out}");
+    assert!(out.contains("reboot: Restarting system"), "guest did not reboot:\n{out}");
+    assert_eq!(status.code(), Some(0), "{out}");
+}
+
+#[test]
+fn init_runs_a_command_and_powers_off() {
+    if skip_without_guest_user_space("init_runs_a_command_and_powers_off") {
+        return;
+    }
+    let (kernel, initrd) = (artifact("kernel"), artifact("initrd"));
+    let cl = cmdline("flint.cmd=echo,flint-says-hello");
+    let mut vm = spawn(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--cmdline",
+        &cl,
+        "--boot-timer",
+    ]);
+    vm.wait_for("flint-guest: init reached", boot_deadline());
+    vm.wait_for("flint-says-hello", boot_deadline());
+    vm.wait_for("flint-guest: cmd exit 0", boot_deadline());
+    let status = vm.wait_exit(Duration::from_secs(60));
+    let out = vm.output();
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(out.contains("flint: boot-phase boot-timer ") && !out.contains("boot-timer not-reached"), "{out}");
+}
