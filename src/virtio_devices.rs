@@ -1,8 +1,10 @@
 //! Turning the configured drives and network interfaces into virtio devices.
 
+use devices::virtio::block::{self, Block, BlockConfig};
+use devices::virtio::net::{self, Net};
 use vm_memory::GuestMemoryMmap;
 
-use crate::config::VmConfig;
+use crate::config::{CacheType, DriveConfig, IoEngine, NetConfig, VmConfig};
 use crate::device_manager::{self, DeviceManager};
 use crate::vstate::vm::Vm;
 
@@ -11,16 +13,123 @@ use crate::vstate::vm::Vm;
 pub enum Error {
     #[error(transparent)]
     Devices(#[from] device_manager::Error),
+    #[error("drive {id:?}: {source}")]
+    Block {
+        id: String,
+        source: block::BlockError,
+    },
+    #[error("network interface {id:?}: {source}")]
+    Net { id: String, source: net::Error },
 }
 
-/// Create and attach every drive and interface; returns the `root=`
-/// parameter when a drive is the root device.
+fn block_config(d: &DriveConfig) -> BlockConfig {
+    BlockConfig {
+        drive_id: d.drive_id.clone(),
+        path: d.path_on_host.clone(),
+        read_only: d.is_read_only,
+        cache: match d.cache_type {
+            CacheType::Unsafe => block::CacheType::Unsafe,
+            CacheType::Writeback => block::CacheType::Writeback,
+        },
+        engine: match d.io_engine {
+            IoEngine::Sync => block::EngineType::Sync,
+            IoEngine::Async => block::EngineType::IoUring,
+        },
+    }
+}
+
+fn net_config(n: &NetConfig) -> Result<net::NetConfig, Error> {
+    let guest_mac = n
+        .guest_mac
+        .as_deref()
+        .map(net::parse_mac)
+        .transpose()
+        .map_err(|source| Error::Net {
+            id: n.iface_id.clone(),
+            source,
+        })?;
+    Ok(net::NetConfig {
+        iface_id: n.iface_id.clone(),
+        tap_name: n.host_dev_name.clone(),
+        guest_mac,
+        mtu: n.mtu,
+    })
+}
+
+/// The `root=` parameter for a root drive: the root drive is attached
+/// first, so it is always /dev/vda.
+pub fn root_param(d: &DriveConfig) -> String {
+    format!("root=/dev/vda {}", if d.is_read_only { "ro" } else { "rw" })
+}
+
+/// Create and attach every drive (the root drive first) and interface;
+/// returns the `root=` parameter when a drive is the root device.
 pub fn attach(
     cfg: &VmConfig,
-    _vm: &Vm,
-    _mem: &GuestMemoryMmap,
-    _dm: &mut DeviceManager,
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    dm: &mut DeviceManager,
 ) -> Result<Option<String>, Error> {
-    let _ = cfg;
-    Ok(None)
+    let mut drives: Vec<&DriveConfig> = cfg.drives.iter().collect();
+    drives.sort_by_key(|d| !d.is_root_device);
+    for d in &drives {
+        let dev = Block::new(&block_config(d)).map_err(|source| Error::Block {
+            id: d.drive_id.clone(),
+            source,
+        })?;
+        dm.add_virtio(vm, mem, dev)?;
+    }
+    for n in &cfg.nets {
+        let dev = Net::new(net_config(n)?).map_err(|source| Error::Net {
+            id: n.iface_id.clone(),
+            source,
+        })?;
+        dm.add_virtio(vm, mem, dev)?;
+    }
+    Ok(drives.first().filter(|d| d.is_root_device).map(|d| root_param(d)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drive(ro: bool) -> DriveConfig {
+        DriveConfig {
+            drive_id: "root".into(),
+            path_on_host: "/r".into(),
+            is_root_device: true,
+            is_read_only: ro,
+            cache_type: CacheType::Writeback,
+            io_engine: IoEngine::Async,
+        }
+    }
+
+    #[test]
+    fn root_parameter() {
+        assert_eq!(root_param(&drive(false)), "root=/dev/vda rw");
+        assert_eq!(root_param(&drive(true)), "root=/dev/vda ro");
+    }
+
+    #[test]
+    fn configs_map_across() {
+        let b = block_config(&drive(true));
+        assert!(b.read_only);
+        assert_eq!(b.cache, block::CacheType::Writeback);
+        assert_eq!(b.engine, block::EngineType::IoUring);
+        let n = net_config(&NetConfig {
+            iface_id: "eth0".into(),
+            host_dev_name: "tap0".into(),
+            guest_mac: Some("06:00:00:00:00:01".into()),
+            mtu: Some(1500),
+        })
+        .unwrap();
+        assert_eq!(n.guest_mac, Some([6, 0, 0, 0, 0, 1]));
+        let bad = net_config(&NetConfig {
+            iface_id: "eth0".into(),
+            host_dev_name: "tap0".into(),
+            guest_mac: Some("not-a-mac".into()),
+            mtu: None,
+        });
+        assert!(bad.unwrap_err().to_string().contains("eth0"));
+    }
 }
