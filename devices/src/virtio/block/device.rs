@@ -1,0 +1,362 @@
+//! [`Block`]: the device model, its configuration space and its place in the
+//! event loop.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::mem::offset_of;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use log::{debug, error};
+use virtio_bindings::bindings::virtio_blk::{
+    virtio_blk_config, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::engine::{Completion, Engine};
+use super::request::Disk;
+use super::{
+    BlockConfig, BlockCounters, BlockError, EngineType, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE,
+};
+use crate::virtio::{
+    read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+};
+
+const CAPACITY_OFFSET: usize = offset_of!(virtio_blk_config, capacity);
+const SEG_MAX_OFFSET: usize = offset_of!(virtio_blk_config, seg_max);
+/// The config image covers the fields this device fills in; reads past it
+/// are zeros.
+const CONFIG_LEN: usize = SEG_MAX_OFFSET + 4;
+
+// Event loop tokens.
+const QUEUE_TOKEN: u32 = 0;
+const COMPLETION_TOKEN: u32 = 1;
+
+/// What activation hands the device: where the queue lives and how to
+/// interrupt.
+pub(super) struct Active {
+    pub mem: GuestMemoryMmap,
+    pub interrupt: Arc<Interrupt>,
+    pub queue: Queue,
+}
+
+/// A virtio-blk device backed by a raw image file.
+///
+/// Put it in an `Arc<Mutex<Block>>`, give that to
+/// [`MmioTransport`](crate::virtio::mmio::MmioTransport) as the
+/// `VirtioDevice` and to the event manager as a `MutEventSubscriber`.
+pub struct Block {
+    pub(super) engine: Engine,
+    pub(super) active: Option<Active>,
+    pub(super) disk: Disk,
+    pub(super) path: PathBuf,
+    drive_id: String,
+    avail_features: u64,
+    acked_features: u64,
+    config: [u8; CONFIG_LEN],
+    queue_evts: [EventFd; 1],
+    pub(super) counters: BlockCounters,
+    /// Scratch for parsing chains.
+    pub(super) descs: Vec<Descriptor>,
+    /// Finished requests waiting to go into the used ring.
+    pub(super) done: Vec<Completion>,
+    /// Queue draining stopped because the engine had no room; completions
+    /// resume it.
+    pub(super) stalled: bool,
+    /// The driver corrupted the queue; ignore it until reset.
+    pub(super) broken: bool,
+}
+
+impl Block {
+    /// Open the image and build the device.
+    pub fn new(cfg: &BlockConfig) -> Result<Self, BlockError> {
+        let file = open_image(&cfg.path, cfg.read_only)?;
+        let path = cfg.path.clone();
+        let meta = file.metadata().map_err(|source| BlockError::Metadata {
+            path: path.clone(),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Err(BlockError::NotAFile { path });
+        }
+        let size = meta.len();
+        if size % SECTOR_SIZE != 0 {
+            return Err(BlockError::UnalignedSize { path, size });
+        }
+        let queue_evt = EventFd::new(EFD_NONBLOCK).map_err(|source| BlockError::EventFd {
+            path: path.clone(),
+            source,
+        })?;
+
+        let mut avail_features = (1u64 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VIRTIO_BLK_F_FLUSH)
+            | (1 << VIRTIO_BLK_F_SEG_MAX);
+        if cfg.read_only {
+            avail_features |= 1 << VIRTIO_BLK_F_RO;
+        }
+        let mut config = [0u8; CONFIG_LEN];
+        config[CAPACITY_OFFSET..CAPACITY_OFFSET + 8]
+            .copy_from_slice(&(size / SECTOR_SIZE).to_le_bytes());
+        // Two descriptors of every chain carry the header and the status.
+        let seg_max = u32::from(QUEUE_SIZE) - 2;
+        config[SEG_MAX_OFFSET..SEG_MAX_OFFSET + 4].copy_from_slice(&seg_max.to_le_bytes());
+
+        let mut id = [0u8; ID_BYTES];
+        let n = cfg.drive_id.len().min(ID_BYTES);
+        id[..n].copy_from_slice(&cfg.drive_id.as_bytes()[..n]);
+
+        Ok(Self {
+            engine: Engine::new(cfg.engine, file, &path, u32::from(QUEUE_SIZE)),
+            active: None,
+            disk: Disk {
+                capacity: size,
+                read_only: cfg.read_only,
+                cache: cfg.cache,
+                id,
+            },
+            path,
+            drive_id: cfg.drive_id.clone(),
+            avail_features,
+            acked_features: 0,
+            config,
+            queue_evts: [queue_evt],
+            counters: BlockCounters::default(),
+            descs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            done: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            stalled: false,
+            broken: false,
+        })
+    }
+
+    /// The image this device serves.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn drive_id(&self) -> &str {
+        &self.drive_id
+    }
+
+    /// Size in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.disk.capacity / SECTOR_SIZE
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.disk.read_only
+    }
+
+    /// The engine in use: `IoUring` may have fallen back to `Sync`.
+    pub fn engine(&self) -> EngineType {
+        self.engine.kind()
+    }
+
+    pub fn counters(&self) -> BlockCounters {
+        self.counters
+    }
+
+    /// Requests handed to the host and not finished yet.
+    pub fn in_flight(&self) -> usize {
+        self.engine.in_flight()
+    }
+
+    /// The queue's kick EventFd (also in `queue_events()`).
+    pub fn queue_event(&self) -> &EventFd {
+        &self.queue_evts[0]
+    }
+
+    /// With io_uring, readable when requests have finished.
+    pub fn completion_event(&self) -> Option<&EventFd> {
+        self.engine.completion_event()
+    }
+
+    /// The queue EventFd fired: take new requests.
+    pub fn handle_queue_event(&mut self) {
+        if let Err(e) = self.queue_evts[0].read() {
+            if e.kind() != io::ErrorKind::WouldBlock {
+                error!(
+                    "disk {}: reading the queue EventFd: {e}",
+                    self.path.display()
+                );
+            }
+        }
+        self.process_queue();
+    }
+
+    /// The completion EventFd fired: answer finished requests.
+    pub fn handle_completion_event(&mut self) {
+        if let Some(evt) = self.engine.completion_event() {
+            if let Err(e) = evt.read() {
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    error!(
+                        "disk {}: reading the completion EventFd: {e}",
+                        self.path.display()
+                    );
+                }
+            }
+        }
+        self.process_completions();
+    }
+
+    /// Stop all host I/O into guest memory before the memory is let go. If
+    /// the kernel will not say when in-flight I/O is done, the mapping is
+    /// leaked rather than risk I/O landing in memory reused for something
+    /// else.
+    fn quiesce(&mut self) {
+        if !self.engine.drain() {
+            if let Some(active) = &self.active {
+                std::mem::forget(active.mem.clone());
+            }
+        }
+        self.done.clear();
+    }
+}
+
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Block")
+            .field("path", &self.path)
+            .field("drive_id", &self.drive_id)
+            .field("read_only", &self.disk.read_only)
+            .field("engine", &self.engine.kind())
+            .field("active", &self.active.is_some())
+            .field("counters", &self.counters)
+            .finish()
+    }
+}
+
+fn open_image(path: &Path, read_only: bool) -> Result<File, BlockError> {
+    OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .open(path)
+        .map_err(|source| {
+            let path = path.to_path_buf();
+            match source.kind() {
+                io::ErrorKind::NotFound => BlockError::NotFound { path },
+                io::ErrorKind::PermissionDenied => BlockError::PermissionDenied {
+                    path,
+                    mode: if read_only { "read-only" } else { "read-write" },
+                },
+                _ if source.raw_os_error() == Some(libc::EISDIR) => BlockError::NotAFile { path },
+                _ => BlockError::Open { path, source },
+            }
+        })
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // Nothing here is writable without VIRTIO_BLK_F_CONFIG_WCE.
+        debug!(
+            "disk {}: ignored config write of {} bytes at {offset:#x}",
+            self.path.display(),
+            data.len()
+        );
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        mut queues: Vec<Queue>,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != 1 {
+            return Err(ActivateError::QueueCount {
+                got: queues.len(),
+                want: 1,
+            });
+        }
+        let mut queue = queues.remove(0);
+        queue.set_event_idx(self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
+        self.quiesce();
+        self.active = Some(Active {
+            mem,
+            interrupt,
+            queue,
+        });
+        self.stalled = false;
+        self.broken = false;
+        // Let the event loop look at the queue once, in case the driver
+        // queued requests before this point.
+        self.queue_evts[0].write(1).map_err(ActivateError::Signal)
+    }
+
+    fn reset(&mut self) {
+        // Runs on a vCPU thread, and with io_uring waits for requests in
+        // flight: resets are rare and must not leave I/O aimed at memory
+        // the driver has reclaimed.
+        self.quiesce();
+        self.active = None;
+        self.acked_features = 0;
+        self.stalled = false;
+        self.broken = false;
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        self.quiesce();
+    }
+}
+
+impl MutEventSubscriber for Block {
+    fn init(&mut self, ops: &mut EventOps) {
+        let queue = Events::with_data(&self.queue_evts[0], QUEUE_TOKEN, EventSet::IN);
+        if let Err(e) = ops.add(queue) {
+            error!(
+                "disk {}: cannot watch the queue EventFd: {e}",
+                self.path.display()
+            );
+        }
+        if let Some(evt) = self.engine.completion_event() {
+            let completions = Events::with_data(evt, COMPLETION_TOKEN, EventSet::IN);
+            if let Err(e) = ops.add(completions) {
+                error!(
+                    "disk {}: cannot watch io_uring completions: {e}",
+                    self.path.display()
+                );
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        match events.data() {
+            QUEUE_TOKEN => self.handle_queue_event(),
+            COMPLETION_TOKEN => self.handle_completion_event(),
+            other => error!(
+                "disk {}: unexpected event token {other}",
+                self.path.display()
+            ),
+        }
+    }
+}
