@@ -81,8 +81,8 @@ fn sigterm_reboots_the_guest_through_ctrl_alt_del() {
 }
 
 #[test]
-fn init_runs_a_command_and_powers_off() {
-    if skip_without_guest_user_space("init_runs_a_command_and_powers_off") {
+fn init_runs_a_command_and_ends_the_vm() {
+    if skip_without_guest_user_space("init_runs_a_command_and_ends_the_vm") {
         return;
     }
     let (kernel, initrd) = (artifact("kernel"), artifact("initrd"));
