@@ -30,7 +30,9 @@ pub enum Error {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("no kernel given: use --kernel PATH or boot-source.kernel_image_path in a config file")]
+    #[error(
+        "no kernel given: use --kernel PATH or boot-source.kernel_image_path in a config file"
+    )]
     NoKernel,
     #[error("vcpu_count must be between 1 and {MAX_VCPUS}, got {0}")]
     VcpuCount(u64),
@@ -188,7 +190,9 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<VmConfig, Error> {
     }
     let kernel = flags
         .kernel
-        .or_else(|| (!boot.kernel_image_path.as_os_str().is_empty()).then_some(boot.kernel_image_path))
+        .or_else(|| {
+            (!boot.kernel_image_path.as_os_str().is_empty()).then_some(boot.kernel_image_path)
+        })
         .ok_or(Error::NoKernel)?;
     let vcpus = flags
         .vcpus
@@ -275,10 +279,7 @@ fn parse_on_off(flag: &'static str, value: &str, v: &str) -> Result<bool, Error>
 }
 
 /// Split `k=v,k=v` into pairs.
-fn key_values<'a>(
-    flag: &'static str,
-    value: &'a str,
-) -> Result<Vec<(&'a str, &'a str)>, Error> {
+fn key_values<'a>(flag: &'static str, value: &'a str) -> Result<Vec<(&'a str, &'a str)>, Error> {
     value
         .split(',')
         .map(|kv| {
@@ -389,7 +390,10 @@ mod tests {
 
     #[test]
     fn flags_override_the_file() {
-        let f = parse(r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 2}}"#).unwrap();
+        let f = parse(
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 2}}"#,
+        )
+        .unwrap();
         let c = resolve(
             f,
             Overrides {
@@ -440,9 +444,15 @@ mod tests {
         assert!(matches!(with(Some(0), None), Err(Error::VcpuCount(0))));
         assert!(matches!(with(Some(255), None), Err(Error::VcpuCount(255))));
         assert!(matches!(with(None, Some(0)), Err(Error::MemTooSmall(0))));
-        assert!(matches!(with(None, Some(1 << 40)), Err(Error::MemTooLarge(_))));
+        assert!(matches!(
+            with(None, Some(1 << 40)),
+            Err(Error::MemTooLarge(_))
+        ));
         assert!(with(Some(254), Some(16)).is_ok());
-        assert!(matches!(resolve(FileConfig::default(), Overrides::default()), Err(Error::NoKernel)));
+        assert!(matches!(
+            resolve(FileConfig::default(), Overrides::default()),
+            Err(Error::NoKernel)
+        ));
     }
 
     #[test]
@@ -455,9 +465,18 @@ mod tests {
             cache_type: CacheType::Unsafe,
             io_engine: IoEngine::Sync,
         };
-        assert!(matches!(validate_drives(&[d("a", false), d("a", false)]), Err(Error::DuplicateDrive(_))));
-        assert!(matches!(validate_drives(&[d("a", true), d("b", true)]), Err(Error::TwoRoots(..))));
-        assert!(matches!(validate_drives(&[d("", false)]), Err(Error::DriveId(_))));
+        assert!(matches!(
+            validate_drives(&[d("a", false), d("a", false)]),
+            Err(Error::DuplicateDrive(_))
+        ));
+        assert!(matches!(
+            validate_drives(&[d("a", true), d("b", true)]),
+            Err(Error::TwoRoots(..))
+        ));
+        assert!(matches!(
+            validate_drives(&[d("", false)]),
+            Err(Error::DriveId(_))
+        ));
         assert!(validate_drives(&[d("a", true), d("b", false)]).is_ok());
     }
 
@@ -468,8 +487,14 @@ mod tests {
         assert!(d.is_read_only && d.is_root_device);
         assert_eq!(d.cache_type, CacheType::Writeback);
         assert_eq!(parse_drive_flag("path=/x", 3).unwrap().drive_id, "drive3");
-        assert!(parse_drive_flag("id=x", 0).unwrap_err().to_string().contains("path=FILE"));
-        assert!(parse_drive_flag("path=/x,bogus=1", 0).unwrap_err().to_string().contains("bogus"));
+        assert!(parse_drive_flag("id=x", 0)
+            .unwrap_err()
+            .to_string()
+            .contains("path=FILE"));
+        assert!(parse_drive_flag("path=/x,bogus=1", 0)
+            .unwrap_err()
+            .to_string()
+            .contains("bogus"));
         assert!(parse_drive_flag("path=/x,ro=maybe", 0).is_err());
     }
 
@@ -479,7 +504,13 @@ mod tests {
         assert_eq!(n.iface_id, "eth1");
         assert_eq!(n.mtu, Some(1400));
         assert!(parse_net_flag("mac=x", 0).is_err());
-        let dup = vec![n.clone(), NetConfig { iface_id: "other".into(), ..n }];
+        let dup = vec![
+            n.clone(),
+            NetConfig {
+                iface_id: "other".into(),
+                ..n
+            },
+        ];
         assert!(matches!(validate_nets(&dup), Err(Error::DuplicateTap(_))));
     }
 }

@@ -82,7 +82,9 @@ mod tests {
 
     #[test]
     fn handover_lines() {
-        assert!(is_handover_line(b"[    1.234567] Run /init as init process"));
+        assert!(is_handover_line(
+            b"[    1.234567] Run /init as init process"
+        ));
         assert!(is_handover_line(b"Run /sbin/init as init process\r"));
         assert!(!is_handover_line(b"Run /init as init process failed"));
         assert!(!is_handover_line(b"Starting init"));

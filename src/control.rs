@@ -32,7 +32,10 @@ pub enum Error {
 pub enum Outcome {
     Guest(StopReason),
     /// The guest did not shut down in time after a host signal.
-    ShutdownTimeout { signal: i32, waited: Duration },
+    ShutdownTimeout {
+        signal: i32,
+        waited: Duration,
+    },
     /// A second signal while the guest was shutting down.
     ForcedBySignal(i32),
 }
@@ -157,7 +160,11 @@ impl Control {
             self.finish(Outcome::ForcedBySignal(signo));
             return;
         }
-        if self.shutdown_timer.reset(self.shutdown_timeout, None).is_err() {
+        if self
+            .shutdown_timer
+            .reset(self.shutdown_timeout, None)
+            .is_err()
+        {
             self.finish(Outcome::ForcedBySignal(signo));
         }
     }
@@ -168,7 +175,11 @@ impl Control {
         }
         let stdin = std::io::stdin();
         let ev = Events::new(&stdin, EventSet::IN);
-        let ok = if on { ops.add(ev).is_ok() } else { ops.remove(ev).is_ok() };
+        let ok = if on {
+            ops.add(ev).is_ok()
+        } else {
+            ops.remove(ev).is_ok()
+        };
         if on && !ok {
             // Not pollable (a regular file, /dev/null): the guest gets no input.
             self.stdin_open = false;
@@ -210,7 +221,13 @@ impl Control {
 
 impl MutEventSubscriber for Control {
     fn init(&mut self, ops: &mut EventOps) {
-        for fd in [self.stop_evt.as_raw_fd(), self.reset_evt.as_raw_fd(), self.signals.as_raw_fd(), self.drained_evt.as_raw_fd(), self.shutdown_timer.as_raw_fd()] {
+        for fd in [
+            self.stop_evt.as_raw_fd(),
+            self.reset_evt.as_raw_fd(),
+            self.signals.as_raw_fd(),
+            self.drained_evt.as_raw_fd(),
+            self.shutdown_timer.as_raw_fd(),
+        ] {
             if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
                 eprintln!("flint: cannot watch descriptor {fd}: {e}");
             }

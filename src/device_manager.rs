@@ -57,7 +57,10 @@ impl BusDevice for BootTimer {
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
         if offset == 0 && data.first() == Some(&BOOT_TIMER_MAGIC) && timer::mark(Phase::BootTimer) {
             if let (true, Some(ns)) = (self.print, timer::get(Phase::BootTimer)) {
-                eprintln!("flint: guest boot timer: {:.3} ms since launch", ns as f64 / 1e6);
+                eprintln!(
+                    "flint: guest boot timer: {:.3} ms since launch",
+                    ns as f64 / 1e6
+                );
             }
         }
     }

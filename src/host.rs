@@ -47,9 +47,7 @@ pub const PVM_CLEARCPUID: &str = "308,129,137,140,141,145,147,148,150,151,153,15
 /// HZ only gets longer delays than asked for, which is safe).
 pub fn pvm_cmdline(tsc_khz: u32) -> String {
     let lpj = u64::from(tsc_khz) * 1000 / 100;
-    format!(
-        "nopv noxsave clearcpuid={PVM_CLEARCPUID} tsc_early_khz={tsc_khz} lpj={lpj}"
-    )
+    format!("nopv noxsave clearcpuid={PVM_CLEARCPUID} tsc_early_khz={tsc_khz} lpj={lpj}")
 }
 
 /// The one message a user on a PVM host gets.

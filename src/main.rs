@@ -24,7 +24,11 @@ const EXIT_FORCED_STOP: u8 = 4;
 /// when the guest reboots or powers off; SIGTERM or SIGINT ask the guest to
 /// reboot (Ctrl-Alt-Del) and stop it after --shutdown-timeout.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about, after_help = "\
+#[command(
+    version,
+    about,
+    long_about,
+    after_help = "\
 EXIT STATUS:
   0  the guest rebooted or powered off
   1  bad configuration or the VM could not be built (the message says why)
@@ -32,7 +36,8 @@ EXIT STATUS:
   3  the guest crashed (triple fault, or an exit flint cannot handle)
   4  the guest did not stop in time after a signal and was stopped
 
-Flags override the config file; --drive and --net add to its lists.")]
+Flags override the config file; --drive and --net add to its lists."
+)]
 struct Cli {
     /// Guest kernel: an x86-64 ELF vmlinux or a bzImage.
     #[arg(long, value_name = "PATH")]

@@ -62,10 +62,7 @@ pub fn ram_ranges(mem_mib: u64) -> Vec<(GuestAddress, usize)> {
     } else {
         vec![
             (GuestAddress(0), MMIO_GAP_START as usize),
-            (
-                GuestAddress(MMIO_GAP_END),
-                (size - MMIO_GAP_START) as usize,
-            ),
+            (GuestAddress(MMIO_GAP_END), (size - MMIO_GAP_START) as usize),
         ]
     }
 }

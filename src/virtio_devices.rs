@@ -86,7 +86,10 @@ pub fn attach(
         })?;
         dm.add_virtio(vm, mem, dev)?;
     }
-    Ok(drives.first().filter(|d| d.is_root_device).map(|d| root_param(d)))
+    Ok(drives
+        .first()
+        .filter(|d| d.is_root_device)
+        .map(|d| root_param(d)))
 }
 
 #[cfg(test)]

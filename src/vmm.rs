@@ -60,12 +60,17 @@ fn host_ram_mib() -> Option<u64> {
     if unsafe { libc::sysinfo(&mut si) } != 0 {
         return None;
     }
-    Some(si.totalram as u64 * u64::from(si.mem_unit) >> 20)
+    Some((si.totalram as u64 * u64::from(si.mem_unit)) >> 20)
 }
 
 /// The full kernel command line: the configured one, the virtio devices,
 /// the root device and, on a PVM host, the profile it needs.
-pub fn full_cmdline(cfg: &VmConfig, virtio: &[String], root: Option<&str>, profile: Option<&str>) -> String {
+pub fn full_cmdline(
+    cfg: &VmConfig,
+    virtio: &[String],
+    root: Option<&str>,
+    profile: Option<&str>,
+) -> String {
     let mut parts: Vec<&str> = vec![cfg.cmdline.trim()];
     parts.extend(virtio.iter().map(String::as_str));
     parts.extend(root);
@@ -97,7 +102,8 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<Outcome, Error> {
     let mut dm = DeviceManager::new(&vm, opts.boot_timer)?;
     let root = virtio_devices::attach(cfg, &vm, &mem, &mut dm)?;
 
-    let stop_evt = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(|e| Error::EventLoop(e.to_string()))?);
+    let stop_evt =
+        Arc::new(EventFd::new(EFD_NONBLOCK).map_err(|e| Error::EventLoop(e.to_string()))?);
     let (stop_tx, stop_rx) = channel();
     let pio = Arc::new(std::mem::take(&mut dm.pio));
     let mmio = Arc::new(std::mem::take(&mut dm.mmio));

@@ -22,7 +22,9 @@ fn fails_with(args: &[&str], needles: &[&str]) {
     assert_eq!(status.code(), Some(1), "flint {args:?}: {status}\n{out}");
     assert!(!out.contains("panicked"), "flint {args:?} panicked:\n{out}");
     let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("flint: ")).collect();
-    let last = errors.last().unwrap_or_else(|| panic!("no error line:\n{out}"));
+    let last = errors
+        .last()
+        .unwrap_or_else(|| panic!("no error line:\n{out}"));
     for n in needles {
         assert!(last.contains(n), "error {last:?} lacks {n:?}");
     }
@@ -30,13 +32,19 @@ fn fails_with(args: &[&str], needles: &[&str]) {
 
 #[test]
 fn missing_kernel_file() {
-    fails_with(&["--kernel", "/nonexistent/vmlinux"], &["/nonexistent/vmlinux", "No such file"]);
+    fails_with(
+        &["--kernel", "/nonexistent/vmlinux"],
+        &["/nonexistent/vmlinux", "No such file"],
+    );
 }
 
 #[test]
 fn file_that_is_not_a_kernel() {
     let p = tmp("notkernel", b"#!/bin/sh\necho not a kernel\n");
-    fails_with(&["--kernel", p.to_str().unwrap()], &["is not a Linux kernel", p.to_str().unwrap()]);
+    fails_with(
+        &["--kernel", p.to_str().unwrap()],
+        &["is not a Linux kernel", p.to_str().unwrap()],
+    );
     std::fs::remove_file(p).unwrap();
 }
 
@@ -46,14 +54,23 @@ fn elf_that_is_not_an_x86_64_kernel() {
     let mut elf = vec![0x7f, b'E', b'L', b'F', 1, 1, 1, 0];
     elf.resize(64, 0);
     let p = tmp("elf32", &elf);
-    fails_with(&["--kernel", p.to_str().unwrap()], &["not a 64-bit x86 executable"]);
+    fails_with(
+        &["--kernel", p.to_str().unwrap()],
+        &["not a 64-bit x86 executable"],
+    );
     std::fs::remove_file(p).unwrap();
 }
 
 #[test]
 fn invalid_json() {
-    let p = tmp("invalid.json", b"{\"boot-source\": {\"kernel_image_path\": ");
-    fails_with(&["--config-file", p.to_str().unwrap()], &["invalid.json", "line"]);
+    let p = tmp(
+        "invalid.json",
+        b"{\"boot-source\": {\"kernel_image_path\": ",
+    );
+    fails_with(
+        &["--config-file", p.to_str().unwrap()],
+        &["invalid.json", "line"],
+    );
     std::fs::remove_file(p).unwrap();
 }
 
@@ -63,20 +80,35 @@ fn unknown_key_is_named() {
         "unknown.json",
         br#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "cpu_template": "T2"}}"#,
     );
-    fails_with(&["--config-file", p.to_str().unwrap()], &["unknown field `cpu_template`"]);
+    fails_with(
+        &["--config-file", p.to_str().unwrap()],
+        &["unknown field `cpu_template`"],
+    );
     std::fs::remove_file(p).unwrap();
 }
 
 #[test]
 fn missing_config_file() {
-    fails_with(&["--config-file", "/nonexistent/vm.json"], &["/nonexistent/vm.json"]);
+    fails_with(
+        &["--config-file", "/nonexistent/vm.json"],
+        &["/nonexistent/vm.json"],
+    );
 }
 
 #[test]
 fn vcpu_count_zero_and_too_many() {
-    fails_with(&["--kernel", "/k", "--vcpus", "0"], &["vcpu_count", "got 0"]);
-    fails_with(&["--kernel", "/k", "--vcpus", "100000"], &["vcpu_count", "100000"]);
-    let p = tmp("vcpus.json", br#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 0}}"#);
+    fails_with(
+        &["--kernel", "/k", "--vcpus", "0"],
+        &["vcpu_count", "got 0"],
+    );
+    fails_with(
+        &["--kernel", "/k", "--vcpus", "100000"],
+        &["vcpu_count", "100000"],
+    );
+    let p = tmp(
+        "vcpus.json",
+        br#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 0}}"#,
+    );
     fails_with(&["--config-file", p.to_str().unwrap()], &["vcpu_count"]);
     std::fs::remove_file(p).unwrap();
 }
@@ -99,10 +131,19 @@ fn vcpu_count_above_the_hosts_kvm_limit() {
 
 #[test]
 fn memory_zero_and_absurd() {
-    fails_with(&["--kernel", "/k", "--memory", "0"], &["mem_size_mib", "got 0"]);
-    fails_with(&["--kernel", "/k", "--memory", "99999999999"], &["mem_size_mib", "99999999999"]);
+    fails_with(
+        &["--kernel", "/k", "--memory", "0"],
+        &["mem_size_mib", "got 0"],
+    );
+    fails_with(
+        &["--kernel", "/k", "--memory", "99999999999"],
+        &["mem_size_mib", "99999999999"],
+    );
     // Within flint's address space but beyond this host's RAM.
-    fails_with(&["--kernel", "/k", "--memory", "16777216"], &["mem_size_mib 16777216", "this host has"]);
+    fails_with(
+        &["--kernel", "/k", "--memory", "16777216"],
+        &["mem_size_mib 16777216", "this host has"],
+    );
 }
 
 #[test]
@@ -118,9 +159,18 @@ fn command_line_too_long() {
 
 #[test]
 fn bad_flags() {
-    fails_with(&["--kernel", "/k", "--drive", "id=x"], &["--drive", "path=FILE"]);
-    fails_with(&["--kernel", "/k", "--drive", "path=/x,colour=red"], &["colour"]);
-    fails_with(&["--kernel", "/k", "--net", "mac=00:11:22:33:44:55"], &["--net", "tap=NAME"]);
+    fails_with(
+        &["--kernel", "/k", "--drive", "id=x"],
+        &["--drive", "path=FILE"],
+    );
+    fails_with(
+        &["--kernel", "/k", "--drive", "path=/x,colour=red"],
+        &["colour"],
+    );
+    fails_with(
+        &["--kernel", "/k", "--net", "mac=00:11:22:33:44:55"],
+        &["--net", "tap=NAME"],
+    );
 }
 
 #[test]
@@ -130,6 +180,9 @@ fn usage_errors_exit_2() {
     let (status, out) = run(&["--help"], Duration::from_secs(10));
     assert!(status.success() && out.contains("--config-file"), "{out}");
     let (status, out) = run(&["--version"], Duration::from_secs(10));
-    assert!(status.success() && out.contains(env!("CARGO_PKG_VERSION")), "{out}");
+    assert!(
+        status.success() && out.contains(env!("CARGO_PKG_VERSION")),
+        "{out}"
+    );
     let _ = FLINT;
 }

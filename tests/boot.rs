@@ -32,7 +32,12 @@ fn default_guest_reaches_init_and_flint_exits_0_on_reboot() {
     let status = vm.wait_exit(Duration::from_secs(120));
     let out = vm.output();
     assert_eq!(status.code(), Some(0), "{out}");
-    for phase in ["vm-built", "first-kvm-run", "first-console-byte", "init-handover"] {
+    for phase in [
+        "vm-built",
+        "first-kvm-run",
+        "first-console-byte",
+        "init-handover",
+    ] {
         let line = out
             .lines()
             .find(|l| l.starts_with(&format!("flint: boot-phase {phase} ")))
@@ -76,7 +81,10 @@ fn sigterm_reboots_the_guest_through_ctrl_alt_del() {
     let status = vm.wait_exit(Duration::from_secs(120));
     let out = vm.output();
     assert!(out.contains("Ctrl-Alt-Del"), "{out}");
-    assert!(out.contains("reboot: Restarting system"), "guest did not reboot:\n{out}");
+    assert!(
+        out.contains("reboot: Restarting system"),
+        "guest did not reboot:\n{out}"
+    );
     assert_eq!(status.code(), Some(0), "{out}");
 }
 
@@ -102,5 +110,8 @@ fn init_runs_a_command_and_ends_the_vm() {
     let status = vm.wait_exit(Duration::from_secs(60));
     let out = vm.output();
     assert_eq!(status.code(), Some(0), "{out}");
-    assert!(out.contains("flint: boot-phase boot-timer ") && !out.contains("boot-timer not-reached"), "{out}");
+    assert!(
+        out.contains("flint: boot-phase boot-timer ") && !out.contains("boot-timer not-reached"),
+        "{out}"
+    );
 }

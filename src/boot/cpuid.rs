@@ -33,7 +33,8 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], cpu_id: u8, cpus: u8) {
     for e in entries.iter_mut() {
         match e.function {
             LEAF_FEATURES => {
-                e.ebx = (apic_id << 24) | (cpus << 16) | (CLFLUSH_LINE_QWORDS << 8) | (e.ebx & 0xff);
+                e.ebx =
+                    (apic_id << 24) | (cpus << 16) | (CLFLUSH_LINE_QWORDS << 8) | (e.ebx & 0xff);
                 e.ecx |= ECX_HYPERVISOR;
                 if cpus > 1 {
                     e.edx |= EDX_HTT;
@@ -97,7 +98,13 @@ mod tests {
 
     #[test]
     fn apic_ids_and_counts() {
-        let mut e = vec![leaf(1, 0), leaf(0xb, 0), leaf(0xb, 1), leaf(0xb, 2), leaf(0xa, 0)];
+        let mut e = vec![
+            leaf(1, 0),
+            leaf(0xb, 0),
+            leaf(0xb, 1),
+            leaf(0xb, 2),
+            leaf(0xa, 0),
+        ];
         normalize(&mut e, 3, 4);
         assert_eq!(e[0].ebx >> 24, 3);
         assert_eq!((e[0].ebx >> 16) & 0xff, 4);
@@ -132,6 +139,16 @@ mod tests {
 
     #[test]
     fn id_bit_widths() {
-        assert_eq!([id_bits(1), id_bits(2), id_bits(3), id_bits(4), id_bits(5), id_bits(254)], [0, 1, 2, 2, 3, 8]);
+        assert_eq!(
+            [
+                id_bits(1),
+                id_bits(2),
+                id_bits(3),
+                id_bits(4),
+                id_bits(5),
+                id_bits(254)
+            ],
+            [0, 1, 2, 2, 3, 8]
+        );
     }
 }

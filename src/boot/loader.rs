@@ -33,7 +33,11 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("initrd {path} ({size} bytes) does not fit in guest memory below {limit:#x} above the kernel; give the guest more memory")]
-    InitrdTooLarge { path: PathBuf, size: u64, limit: u64 },
+    InitrdTooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     #[error("cannot read initrd {path} into guest memory: {source}")]
     ReadInitrd {
         path: PathBuf,
@@ -172,7 +176,11 @@ pub fn load_initrd(
             source,
         })?
         .len();
-    let ram_top = mem.last_addr().raw_value().saturating_add(1).min(MMIO_GAP_START);
+    let ram_top = mem
+        .last_addr()
+        .raw_value()
+        .saturating_add(1)
+        .min(MMIO_GAP_START);
     let top = ram_top.min(initrd_addr_max.saturating_add(1));
     let addr = initrd_address(size, kernel_end, top).ok_or(Error::InitrdTooLarge {
         path: path.to_owned(),
@@ -211,8 +219,14 @@ mod tests {
 
     #[test]
     fn initrd_goes_high_and_aligned() {
-        assert_eq!(initrd_address(0x1800, 0x100000, 0x800_0000), Some(0x7ffe000));
-        assert_eq!(initrd_address(0x1000, 0x7fff000, 0x800_0000), Some(0x7fff000));
+        assert_eq!(
+            initrd_address(0x1800, 0x100000, 0x800_0000),
+            Some(0x7ffe000)
+        );
+        assert_eq!(
+            initrd_address(0x1000, 0x7fff000, 0x800_0000),
+            Some(0x7fff000)
+        );
         assert_eq!(initrd_address(0x2000, 0x7fff000, 0x800_0000), None);
         assert_eq!(initrd_address(u64::MAX, 0, 0x800_0000), None);
     }

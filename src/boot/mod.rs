@@ -4,8 +4,8 @@
 
 pub mod cpuid;
 pub mod loader;
-pub mod msr;
 pub mod mptable;
+pub mod msr;
 pub mod params;
 pub mod regs;
 
@@ -73,11 +73,12 @@ pub fn prepare(
     let initrd = initrd
         .map(|p| loader::load_initrd(mem, p, kernel.end, initrd_max))
         .transpose()?;
-    let mut cl = linux_loader::cmdline::Cmdline::new(CMDLINE_MAX_SIZE)
-        .map_err(|_| Error::CmdlineTooLong {
+    let mut cl = linux_loader::cmdline::Cmdline::new(CMDLINE_MAX_SIZE).map_err(|_| {
+        Error::CmdlineTooLong {
             len: cmdline.len(),
             max: CMDLINE_MAX_SIZE - 1,
-        })?;
+        }
+    })?;
     if !cmdline.is_empty() {
         cl.insert_str(cmdline).map_err(|_| Error::CmdlineTooLong {
             len: cmdline.len(),

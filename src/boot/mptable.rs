@@ -122,8 +122,11 @@ pub fn setup(mem: &GuestMemoryMmap, cpus: u8) -> Result<(), Error> {
     let table = config_table(cpus)?;
     mem.write_slice(&table, GuestAddress(MPC_TABLE_START))
         .map_err(Error::Write)?;
-    mem.write_slice(&floating_pointer(MPC_TABLE_START as u32), GuestAddress(EBDA_START))
-        .map_err(Error::Write)
+    mem.write_slice(
+        &floating_pointer(MPC_TABLE_START as u32),
+        GuestAddress(EBDA_START),
+    )
+    .map_err(Error::Write)
 }
 
 #[cfg(test)]
@@ -150,7 +153,10 @@ mod tests {
     fn processors_and_ioapic() {
         let t = config_table(2).unwrap();
         // First processor entry follows the 44-byte header: BSP, enabled.
-        assert_eq!(&t[44..48], &[MP_PROCESSOR, 0, APIC_VERSION, CPU_ENABLED | CPU_BSP]);
+        assert_eq!(
+            &t[44..48],
+            &[MP_PROCESSOR, 0, APIC_VERSION, CPU_ENABLED | CPU_BSP]
+        );
         assert_eq!(&t[64..68], &[MP_PROCESSOR, 1, APIC_VERSION, CPU_ENABLED]);
         let ioapic = 44 + 2 * 20 + 8;
         assert_eq!(&t[ioapic..ioapic + 4], &[MP_IOAPIC, 2, IOAPIC_VERSION, 1]);

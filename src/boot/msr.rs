@@ -49,6 +49,8 @@ mod tests {
     fn msr_list() {
         let m = boot_msrs();
         assert_eq!(m.len(), 10);
-        assert!(m.iter().any(|e| e.index == MSR_MTRR_DEF_TYPE && e.data == MTRR_ENABLE_WB));
+        assert!(m
+            .iter()
+            .any(|e| e.index == MSR_MTRR_DEF_TYPE && e.data == MTRR_ENABLE_WB));
     }
 }

@@ -130,11 +130,14 @@ pub fn write(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<(), Error> {
             source,
         })?;
     if !info.rng_seed.is_empty() {
-        mem.write_slice(&rng_seed_setup_data(info.rng_seed), GuestAddress(SETUP_DATA_START))
-            .map_err(|source| Error::Write {
-                what: "the RNG seed",
-                source,
-            })?;
+        mem.write_slice(
+            &rng_seed_setup_data(info.rng_seed),
+            GuestAddress(SETUP_DATA_START),
+        )
+        .map_err(|source| Error::Write {
+            what: "the RNG seed",
+            source,
+        })?;
     }
     Ok(())
 }
@@ -149,7 +152,10 @@ mod tests {
         let map = e820_map(128);
         assert_eq!(map.len(), 2);
         assert_eq!((map[0].addr, map[0].size), (0, EBDA_START));
-        assert_eq!((map[1].addr, map[1].size), (HIMEM_START, (128 << 20) - HIMEM_START));
+        assert_eq!(
+            (map[1].addr, map[1].size),
+            (HIMEM_START, (128 << 20) - HIMEM_START)
+        );
     }
 
     #[test]
@@ -157,7 +163,10 @@ mod tests {
         let map = e820_map(8192);
         assert_eq!(map.len(), 3);
         assert_eq!(map[1].addr + map[1].size, MMIO_GAP_START);
-        assert_eq!((map[2].addr, map[2].size), (MMIO_GAP_END, (8192u64 << 20) - MMIO_GAP_START));
+        assert_eq!(
+            (map[2].addr, map[2].size),
+            (MMIO_GAP_END, (8192u64 << 20) - MMIO_GAP_START)
+        );
     }
 
     #[test]
@@ -166,7 +175,10 @@ mod tests {
         let p = build_boot_params(&BootInfo {
             mem_mib: 256,
             cmdline_len: 42,
-            initrd: Some(LoadedInitrd { addr: 0x0f00_0000, size: 0x1234 }),
+            initrd: Some(LoadedInitrd {
+                addr: 0x0f00_0000,
+                size: 0x1234,
+            }),
             setup_header: None,
             rng_seed: &seed,
         })
@@ -186,7 +198,10 @@ mod tests {
     fn rng_seed_node_layout() {
         let node = rng_seed_setup_data(&[1, 2, 3]);
         assert_eq!(&node[0..8], &[0; 8]);
-        assert_eq!(u32::from_le_bytes(node[8..12].try_into().unwrap()), SETUP_RNG_SEED);
+        assert_eq!(
+            u32::from_le_bytes(node[8..12].try_into().unwrap()),
+            SETUP_RNG_SEED
+        );
         assert_eq!(u32::from_le_bytes(node[12..16].try_into().unwrap()), 3);
         assert_eq!(&node[16..], &[1, 2, 3]);
         assert_ne!(random_seed().unwrap(), [0u8; RNG_SEED_LEN]);

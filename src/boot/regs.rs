@@ -4,7 +4,9 @@
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::memory::{BOOT_STACK_POINTER, GDT_START, PDE_START, PDPTE_START, PML4_START, ZERO_PAGE_START};
+use crate::memory::{
+    BOOT_STACK_POINTER, GDT_START, PDE_START, PDPTE_START, PML4_START, ZERO_PAGE_START,
+};
 
 /// Errors from writing the boot page tables and GDT.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +140,10 @@ mod tests {
     #[test]
     fn gdt_entries_decode_to_flat_segments() {
         let cs = segment_from_gdt(GDT[2], BOOT_CS);
-        assert_eq!((cs.base, cs.limit, cs.type_, cs.l, cs.db, cs.g, cs.present), (0, 0xffff_ffff, 0xb, 1, 0, 1, 1));
+        assert_eq!(
+            (cs.base, cs.limit, cs.type_, cs.l, cs.db, cs.g, cs.present),
+            (0, 0xffff_ffff, 0xb, 1, 0, 1, 1)
+        );
         let ds = segment_from_gdt(GDT[3], BOOT_DS);
         assert_eq!((ds.type_, ds.l, ds.db, ds.s), (3, 0, 1, 1));
         let tr = segment_from_gdt(GDT[4], BOOT_TSS);

@@ -117,7 +117,11 @@ fn bit_count(insn: &Instruction, ctx: &mut Ctx, bytes: &[u8]) -> Result<(), Erro
             })
         }
     };
-    let src = if bits == 64 { src } else { src & ((1u64 << bits) - 1) };
+    let src = if bits == 64 {
+        src
+    } else {
+        src & ((1u64 << bits) - 1)
+    };
     let mut flags = ctx.regs.rflags & !ARITH_FLAGS;
     let result = match insn.mnemonic() {
         Mnemonic::Popcnt => {
@@ -137,7 +141,11 @@ fn bit_count(insn: &Instruction, ctx: &mut Ctx, bytes: &[u8]) -> Result<(), Erro
             r
         }
         _ => {
-            let r = if src == 0 { u64::from(bits) } else { u64::from(src.trailing_zeros()) };
+            let r = if src == 0 {
+                u64::from(bits)
+            } else {
+                u64::from(src.trailing_zeros())
+            };
             if src == 0 {
                 flags |= RFLAGS_CF;
             }
@@ -256,21 +264,34 @@ mod tests {
 
     #[test]
     fn int3_becomes_breakpoint() {
-        let mut r = kvm_regs { rip: 0x1000, ..Default::default() };
-        assert_eq!(run(&[0xcc, 0x90], &mut r, &[]), Ok(Outcome::InjectBreakpoint));
+        let mut r = kvm_regs {
+            rip: 0x1000,
+            ..Default::default()
+        };
+        assert_eq!(
+            run(&[0xcc, 0x90], &mut r, &[]),
+            Ok(Outcome::InjectBreakpoint)
+        );
         assert_eq!(r.rip, 0x1001);
     }
 
     #[test]
     fn fwait_is_skipped() {
-        let mut r = kvm_regs { rip: 0x1000, ..Default::default() };
+        let mut r = kvm_regs {
+            rip: 0x1000,
+            ..Default::default()
+        };
         assert_eq!(run(&[0x9b], &mut r, &[]), Ok(Outcome::Resume));
         assert_eq!(r.rip, 0x1001);
     }
 
     #[test]
     fn clac_stac_flip_ac() {
-        let mut r = kvm_regs { rip: 0, rflags: 2, ..Default::default() };
+        let mut r = kvm_regs {
+            rip: 0,
+            rflags: 2,
+            ..Default::default()
+        };
         run(&[0x0f, 0x01, 0xcb], &mut r, &[]).unwrap(); // stac
         assert_eq!(r.rflags, 2 | RFLAGS_AC);
         assert_eq!(r.rip, 3);
@@ -282,13 +303,23 @@ mod tests {
     #[test]
     fn popcnt_register_forms() {
         // popcnt rax, rbx
-        let mut r = kvm_regs { rbx: 0xf0f0, rax: u64::MAX, rflags: 2 | RFLAGS_CF, ..Default::default() };
+        let mut r = kvm_regs {
+            rbx: 0xf0f0,
+            rax: u64::MAX,
+            rflags: 2 | RFLAGS_CF,
+            ..Default::default()
+        };
         run(&[0xf3, 0x48, 0x0f, 0xb8, 0xc3], &mut r, &[]).unwrap();
         assert_eq!(r.rax, 8);
         assert_eq!(r.rflags, 2);
         assert_eq!(r.rip, 5);
         // popcnt ecx, edx with zero source: ZF set, upper half of rcx cleared
-        let mut r = kvm_regs { rcx: u64::MAX, rdx: 0xffff_ffff_0000_0000, rflags: 2, ..Default::default() };
+        let mut r = kvm_regs {
+            rcx: u64::MAX,
+            rdx: 0xffff_ffff_0000_0000,
+            rflags: 2,
+            ..Default::default()
+        };
         run(&[0xf3, 0x0f, 0xb8, 0xca], &mut r, &[]).unwrap();
         assert_eq!(r.rcx, 0);
         assert_eq!(r.rflags, 2 | RFLAGS_ZF);
@@ -299,23 +330,42 @@ mod tests {
         // popcnt rax, [rdi+8]
         let mut mem = vec![0u8; 32];
         mem[8..16].copy_from_slice(&0x0101_0101u64.to_le_bytes());
-        let mut r = kvm_regs { rdi: 0, rflags: 2, ..Default::default() };
+        let mut r = kvm_regs {
+            rdi: 0,
+            rflags: 2,
+            ..Default::default()
+        };
         run(&[0xf3, 0x48, 0x0f, 0xb8, 0x47, 0x08], &mut r, &mem).unwrap();
         assert_eq!(r.rax, 4);
         // out of range memory is an error, and rip does not move
-        let mut r = kvm_regs { rdi: 0x1000, rip: 0x40, ..Default::default() };
-        assert_eq!(run(&[0xf3, 0x48, 0x0f, 0xb8, 0x47, 0x08], &mut r, &mem), Err(Error::Memory(0x1008)));
+        let mut r = kvm_regs {
+            rdi: 0x1000,
+            rip: 0x40,
+            ..Default::default()
+        };
+        assert_eq!(
+            run(&[0xf3, 0x48, 0x0f, 0xb8, 0x47, 0x08], &mut r, &mem),
+            Err(Error::Memory(0x1008))
+        );
         assert_eq!(r.rip, 0x40);
     }
 
     #[test]
     fn lzcnt_and_tzcnt() {
         // lzcnt eax, ebx
-        let mut r = kvm_regs { rbx: 1, rflags: 2, ..Default::default() };
+        let mut r = kvm_regs {
+            rbx: 1,
+            rflags: 2,
+            ..Default::default()
+        };
         run(&[0xf3, 0x0f, 0xbd, 0xc3], &mut r, &[]).unwrap();
         assert_eq!(r.rax, 31);
         // tzcnt rax, rbx with zero: result = 64, CF
-        let mut r = kvm_regs { rbx: 0, rflags: 2, ..Default::default() };
+        let mut r = kvm_regs {
+            rbx: 0,
+            rflags: 2,
+            ..Default::default()
+        };
         run(&[0xf3, 0x48, 0x0f, 0xbc, 0xc3], &mut r, &[]).unwrap();
         assert_eq!(r.rax, 64);
         assert_eq!(r.rflags, 2 | RFLAGS_CF);
@@ -326,13 +376,19 @@ mod tests {
         let mut r = kvm_regs::default();
         let e = run(&[0x0f, 0x01, 0xd0], &mut r, &[]).unwrap_err(); // xgetbv
         assert!(e.to_string().contains("xgetbv"), "{e}");
-        assert!(matches!(run(&[0xff, 0xff], &mut r, &[]), Err(Error::Decode(_))));
+        assert!(matches!(
+            run(&[0xff, 0xff], &mut r, &[]),
+            Err(Error::Decode(_))
+        ));
         assert_eq!(r.rip, 0);
     }
 
     #[test]
     fn partial_register_writes() {
-        let mut r = kvm_regs { rax: 0x1122_3344_5566_7788, ..Default::default() };
+        let mut r = kvm_regs {
+            rax: 0x1122_3344_5566_7788,
+            ..Default::default()
+        };
         set_reg(&mut r, Register::AH, 0xaa);
         assert_eq!(r.rax, 0x1122_3344_5566_aa88);
         set_reg(&mut r, Register::AX, 0xbbcc);

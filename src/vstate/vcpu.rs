@@ -85,12 +85,14 @@ pub fn handle_exit(exit: VcpuExit, pio: &Bus, mmio: &Bus) -> Action {
         VcpuExit::SystemEvent(kind, _) => match kind {
             KVM_SYSTEM_EVENT_RESET => Action::Stop(StopReason::Reboot),
             KVM_SYSTEM_EVENT_SHUTDOWN => Action::Stop(StopReason::PowerOff),
-            KVM_SYSTEM_EVENT_CRASH => Action::Stop(StopReason::Crash("guest reported a crash".into())),
+            KVM_SYSTEM_EVENT_CRASH => {
+                Action::Stop(StopReason::Crash("guest reported a crash".into()))
+            }
             other => Action::Stop(StopReason::Crash(format!("unknown system event {other}"))),
         },
-        VcpuExit::Shutdown => Action::Stop(StopReason::Crash(
-            "triple fault (KVM_EXIT_SHUTDOWN)".into(),
-        )),
+        VcpuExit::Shutdown => {
+            Action::Stop(StopReason::Crash("triple fault (KVM_EXIT_SHUTDOWN)".into()))
+        }
         VcpuExit::InternalError => Action::Emulate,
         VcpuExit::FailEntry(reason, cpu) => Action::Stop(StopReason::Crash(format!(
             "KVM_EXIT_FAIL_ENTRY, hardware reason {reason:#x} on host CPU {cpu}"
@@ -184,11 +186,21 @@ impl Vcpu {
             what: "building the MSR list",
             source: kvm_ioctls::Error::new(libc::EINVAL),
         })?;
-        let set = self.fd.set_msrs(&msrs).map_err(self.setup_err("KVM_SET_MSRS"))?;
+        let set = self
+            .fd
+            .set_msrs(&msrs)
+            .map_err(self.setup_err("KVM_SET_MSRS"))?;
         if set != entries.len() {
-            log::debug!("vCPU {}: KVM took {set} of {} boot MSRs", self.id, entries.len());
+            log::debug!(
+                "vCPU {}: KVM took {set} of {} boot MSRs",
+                self.id,
+                entries.len()
+            );
         }
-        let sregs = self.fd.get_sregs().map_err(self.setup_err("KVM_GET_SREGS"))?;
+        let sregs = self
+            .fd
+            .get_sregs()
+            .map_err(self.setup_err("KVM_GET_SREGS"))?;
         self.fd
             .set_sregs(&regs::long_mode_sregs(sregs))
             .map_err(self.setup_err("KVM_SET_SREGS"))?;
@@ -198,7 +210,10 @@ impl Vcpu {
         self.fd
             .set_fpu(&regs::entry_fpu())
             .map_err(self.setup_err("KVM_SET_FPU"))?;
-        let mut lapic = self.fd.get_lapic().map_err(self.setup_err("KVM_GET_LAPIC"))?;
+        let mut lapic = self
+            .fd
+            .get_lapic()
+            .map_err(self.setup_err("KVM_GET_LAPIC"))?;
         configure_lints(&mut lapic);
         self.fd
             .set_lapic(&lapic)
@@ -272,7 +287,9 @@ impl Vcpu {
             )));
         }
         let mut bytes = Vec::with_capacity(15);
-        if ef.ndata >= 3 && ef.flags & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0 {
+        if ef.ndata >= 3
+            && ef.flags & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0
+        {
             // SAFETY: the flag says the instruction-bytes member is valid.
             let insn = unsafe { ef.__bindgen_anon_1.__bindgen_anon_1 };
             let n = usize::from(insn.insn_size).min(15);
@@ -313,7 +330,9 @@ impl Vcpu {
             }
         };
         if let Err(e) = self.fd.set_regs(&regs) {
-            return Action::Stop(StopReason::Crash(format!("KVM_SET_REGS after emulation: {e}")));
+            return Action::Stop(StopReason::Crash(format!(
+                "KVM_SET_REGS after emulation: {e}"
+            )));
         }
         if outcome == emulate::Outcome::InjectBreakpoint {
             if let Err(e) = self.inject_exception(3) {
@@ -382,7 +401,10 @@ mod tests {
         let dev = Arc::new(Mutex::new(Port(0)));
         pio.insert(dev.clone(), 0x3f8, 8).unwrap();
         let mmio = Bus::new();
-        assert_eq!(handle_exit(VcpuExit::IoOut(0x3f8, &[0x41]), &pio, &mmio), Action::Continue);
+        assert_eq!(
+            handle_exit(VcpuExit::IoOut(0x3f8, &[0x41]), &pio, &mmio),
+            Action::Continue
+        );
         assert_eq!(dev.lock().unwrap().0, 0x41);
         let mut d = [0u8; 1];
         handle_exit(VcpuExit::IoIn(0x3f9, &mut d), &pio, &mmio);
@@ -398,19 +420,33 @@ mod tests {
     fn lifecycle_exits() {
         let (pio, mmio) = (Bus::new(), Bus::new());
         assert_eq!(
-            handle_exit(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[]), &pio, &mmio),
+            handle_exit(
+                VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[]),
+                &pio,
+                &mmio
+            ),
             Action::Stop(StopReason::Reboot)
         );
         assert_eq!(
-            handle_exit(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[]), &pio, &mmio),
+            handle_exit(
+                VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[]),
+                &pio,
+                &mmio
+            ),
             Action::Stop(StopReason::PowerOff)
         );
         assert!(matches!(
             handle_exit(VcpuExit::Shutdown, &pio, &mmio),
             Action::Stop(StopReason::Crash(m)) if m.contains("triple fault")
         ));
-        assert_eq!(handle_exit(VcpuExit::InternalError, &pio, &mmio), Action::Emulate);
-        assert!(matches!(handle_exit(VcpuExit::Unknown, &pio, &mmio), Action::Stop(StopReason::Crash(_))));
+        assert_eq!(
+            handle_exit(VcpuExit::InternalError, &pio, &mmio),
+            Action::Emulate
+        );
+        assert!(matches!(
+            handle_exit(VcpuExit::Unknown, &pio, &mmio),
+            Action::Stop(StopReason::Crash(_))
+        ));
     }
 
     #[test]

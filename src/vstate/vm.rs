@@ -31,10 +31,7 @@ pub enum Error {
     #[error("guest memory region at {0:#x} has no host mapping")]
     HostAddress(u64),
     #[error("cannot register irqfd for GSI {gsi}: {source}")]
-    Irqfd {
-        gsi: u32,
-        source: kvm_ioctls::Error,
-    },
+    Irqfd { gsi: u32, source: kvm_ioctls::Error },
     #[error("cannot register ioeventfd at {addr:#x}: {source}")]
     Ioeventfd {
         addr: u64,

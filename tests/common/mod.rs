@@ -140,9 +140,14 @@ impl Running {
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 let _ = self.child.kill();
-                panic!("no {needle:?} within {timeout:?}; output:\n{}", self.output());
+                panic!(
+                    "no {needle:?} within {timeout:?}; output:\n{}",
+                    self.output()
+                );
             }
-            let _ = self.lines.recv_timeout(left.min(Duration::from_millis(500)));
+            let _ = self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(500)));
         }
     }
 
@@ -156,7 +161,10 @@ impl Running {
             }
             if Instant::now() >= end {
                 let _ = self.child.kill();
-                panic!("flint did not exit within {timeout:?}; output:\n{}", self.output());
+                panic!(
+                    "flint did not exit within {timeout:?}; output:\n{}",
+                    self.output()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
