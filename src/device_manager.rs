@@ -6,7 +6,7 @@ use std::io::Stdout;
 use std::sync::{Arc, Mutex};
 
 use devices::bus::lock;
-use devices::legacy::{I8042Device, SerialDevice};
+use devices::legacy::{Cmos, I8042Device, SerialDevice, CMOS_BASE, CMOS_PORT_LEN};
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::VirtioDevice;
 use devices::{Bus, BusDevice};
@@ -98,6 +98,7 @@ impl DeviceManager {
         let mut pio = Bus::new();
         pio.insert(serial.clone(), COM1_PORT, 8)?;
         pio.insert(i8042.clone(), I8042_PORT, 5)?;
+        pio.insert(Arc::new(Mutex::new(Cmos::new())), CMOS_BASE, CMOS_PORT_LEN)?;
         let mut mmio = Bus::new();
         mmio.insert(
             Arc::new(Mutex::new(BootTimer {

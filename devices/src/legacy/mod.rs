@@ -8,8 +8,10 @@
 //! Each device creates its own EventFds and exposes them; the VMM registers
 //! the interrupt ones as irqfds and watches the rest in its event loop.
 
+pub mod cmos;
 pub mod i8042;
 pub mod serial;
 
+pub use cmos::{Cmos, CMOS_BASE, CMOS_PORT_LEN};
 pub use i8042::{Error as I8042Error, I8042Device, I8042_BASE, I8042_KBD_IRQ, I8042_PORT_LEN};
 pub use serial::{SerialCounts, SerialDevice, SerialMetrics, COM1_BASE, COM1_IRQ, SERIAL_PORT_LEN};
