@@ -215,6 +215,7 @@ impl MmioTransport {
             QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
             QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
             INTERRUPT_STATUS => self.interrupt.status(),
+            STATUS if self.interrupt.needs_reset() => self.status | STATUS_DEVICE_NEEDS_RESET,
             STATUS => self.status,
             CONFIG_GENERATION => self.config_generation,
             // No shared memory regions: the spec's answer is a length of -1.
@@ -415,6 +416,7 @@ impl MmioTransport {
         self.driver_features = 0;
         self.status = 0;
         self.interrupt.ack(u32::MAX);
+        self.interrupt.clear_needs_reset();
     }
 }
 
@@ -661,6 +663,20 @@ mod tests {
             STATUS_DEVICE_NEEDS_RESET
         );
         assert_eq!(rd(&mut t, INTERRUPT_STATUS), INT_CONFIG);
+    }
+
+    #[test]
+    fn device_can_ask_for_a_reset() {
+        let (mut t, _) = transport(false);
+        negotiate(&mut t, FAKE_FEATURES);
+        setup_queue(&mut t, 0, 16);
+        wr(&mut t, STATUS, ALL_OK);
+        assert_eq!(rd(&mut t, STATUS), ALL_OK);
+        t.interrupt().signal_needs_reset().unwrap();
+        assert_eq!(rd(&mut t, STATUS), ALL_OK | STATUS_DEVICE_NEEDS_RESET);
+        assert_eq!(rd(&mut t, INTERRUPT_STATUS) & INT_CONFIG, INT_CONFIG);
+        wr(&mut t, STATUS, 0);
+        assert_eq!(rd(&mut t, STATUS), 0);
     }
 
     #[test]

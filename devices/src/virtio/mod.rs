@@ -12,7 +12,7 @@ pub mod mmio;
 pub mod net;
 
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -49,6 +49,7 @@ pub enum ActivateError {
 pub struct Interrupt {
     status: AtomicU32,
     evt: EventFd,
+    needs_reset: AtomicBool,
 }
 
 impl Interrupt {
@@ -56,6 +57,7 @@ impl Interrupt {
         Ok(Self {
             status: AtomicU32::new(0),
             evt: EventFd::new(EFD_NONBLOCK)?,
+            needs_reset: AtomicBool::new(false),
         })
     }
 
@@ -73,6 +75,25 @@ impl Interrupt {
     /// InterruptACK: the driver clears `bits`.
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// The device hit an error it cannot recover from without the driver
+    /// (a corrupt ring): the transport shows DEVICE_NEEDS_RESET in Status
+    /// until the driver resets the device, and the driver is told with a
+    /// configuration change interrupt (virtio 1.2, section 2.1.2).
+    pub fn signal_needs_reset(&self) -> io::Result<()> {
+        self.needs_reset.store(true, Ordering::SeqCst);
+        self.trigger(INT_CONFIG)
+    }
+
+    /// Whether the device asked for a reset since the last one.
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
+    }
+
+    /// The driver reset the device.
+    pub fn clear_needs_reset(&self) {
+        self.needs_reset.store(false, Ordering::SeqCst);
     }
 
     /// The EventFd to register as an irqfd.
@@ -139,6 +160,11 @@ mod tests {
         assert_eq!(irq.eventfd().read().unwrap(), 2);
         irq.ack(INT_VRING);
         assert_eq!(irq.status(), INT_CONFIG);
+        assert!(!irq.needs_reset());
+        irq.signal_needs_reset().unwrap();
+        assert!(irq.needs_reset());
+        irq.clear_needs_reset();
+        assert!(!irq.needs_reset());
     }
 
     #[test]

@@ -102,6 +102,12 @@ impl Block {
                 }
             }
         }
+        if self.broken {
+            // Tell the driver; it resets the device to recover.
+            if let Err(e) = act.interrupt.signal_needs_reset() {
+                error!("disk {}: cannot signal the guest: {e}", self.path.display());
+            }
+        }
         signal(act, added, &mut self.counters);
     }
 
