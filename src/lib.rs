@@ -9,6 +9,7 @@ pub mod console;
 pub mod control;
 pub mod device_manager;
 pub mod host;
+pub mod logger;
 pub mod memory;
 pub mod terminal;
 pub mod timer;

@@ -78,6 +78,10 @@ struct Cli {
     /// hardware virtualization (kvm_pvm).
     #[arg(long)]
     no_host_profile: bool,
+    /// How much flint itself logs on stderr: off, error, warn, info, debug
+    /// (debug shows the full kernel command line), trace.
+    #[arg(long, value_name = "LEVEL", default_value = "warn", value_parser = flint::logger::parse_level)]
+    log_level: log::LevelFilter,
 }
 
 fn load_config(cli: &Cli) -> Result<config::VmConfig, config::Error> {
@@ -166,6 +170,7 @@ fn run(cli: &Cli) -> u8 {
 fn main() -> ExitCode {
     timer::start();
     let cli = Cli::parse();
+    flint::logger::init(cli.log_level);
     let code = run(&cli);
     // vCPU threads may still be inside KVM_RUN; exiting the process ends
     // them without waiting.
