@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{artifact, boot_deadline, skip_without_guest_user_space, spawn};
+use common::{artifact, boot_deadline, skip_without_guest_user_space, spawn_guest};
 
 /// A private copy of the default guest's root disk (the guest writes it).
 fn rootfs_copy(tag: &str) -> PathBuf {
@@ -16,12 +16,12 @@ fn rootfs_copy(tag: &str) -> PathBuf {
     p
 }
 
-fn cmdline(extra: &str) -> String {
-    format!("{} {extra}", flint::config::DEFAULT_CMDLINE)
-}
-
 fn dumpe2fs_field(image: &Path, field: &str) -> String {
-    let out = Command::new("dumpe2fs").arg("-h").arg(image).output().unwrap();
+    let out = Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(image)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{field}:")))
@@ -54,13 +54,11 @@ fn sha256(path: &Path, len: Option<u64>) -> String {
 /// Boot with `drives` and the /pause init, wait for `needles`, then end the
 /// VM with SIGTERM (Ctrl-Alt-Del) and expect status 0; returns the output.
 fn boot_pause(drives: &[String], needles: &[&str]) -> String {
-    let kernel = artifact("kernel");
-    let cl = cmdline("init=/pause");
-    let mut args = vec!["--kernel", kernel.to_str().unwrap(), "--cmdline", &cl];
+    let mut args = Vec::new();
     for d in drives {
         args.extend(["--drive", d.as_str()]);
     }
-    let mut vm = spawn(&args);
+    let mut vm = spawn_guest(false, Some("init=/pause"), &args);
     for n in needles {
         vm.wait_for(n, boot_deadline());
     }
@@ -78,12 +76,19 @@ fn root_disk_is_mounted_read_write_and_left_consistent() {
     assert_eq!(dumpe2fs_field(&image, "Last mount time"), "n/a");
     boot_pause(
         &[format!("path={},root=on", image.display())],
-        &["VFS: Mounted root (ext4 filesystem) on device", "Run /pause as init process"],
+        &[
+            "VFS: Mounted root (ext4 filesystem) on device",
+            "Run /pause as init process",
+        ],
     );
     // ext4 records each read-write mount in the superblock.
     assert_eq!(dumpe2fs_field(&image, "Mount count"), "1");
     assert_ne!(dumpe2fs_field(&image, "Last mount time"), "n/a");
-    let fsck = Command::new("e2fsck").arg("-n").arg(&image).output().unwrap();
+    let fsck = Command::new("e2fsck")
+        .arg("-n")
+        .arg(&image)
+        .output()
+        .unwrap();
     assert!(
         fsck.status.success(),
         "e2fsck -n: {}{}",
@@ -99,7 +104,10 @@ fn read_only_root_is_mounted_read_only_and_unchanged() {
     let before = sha256(&image, None);
     let out = boot_pause(
         &[format!("path={},root=on,ro=on", image.display())],
-        &["VFS: Mounted root (ext4 filesystem) readonly", "Run /pause as init process"],
+        &[
+            "VFS: Mounted root (ext4 filesystem) readonly",
+            "Run /pause as init process",
+        ],
     );
     assert!(out.contains("[vda]"), "{out}");
     assert_eq!(sha256(&image, None), before, "the read-only image changed");
@@ -116,9 +124,16 @@ fn two_drives_at_once() {
             format!("path={},root=on,id=root", image.display()),
             format!("path={},id=data,ro=on", data.display()),
         ],
-        &["[vda] 131072 512-byte logical blocks", "[vdb] 16384 512-byte logical blocks", "Run /pause as init process"],
+        &[
+            "[vda] 131072 512-byte logical blocks",
+            "[vdb] 16384 512-byte logical blocks",
+            "Run /pause as init process",
+        ],
     );
-    assert!(out.contains("VFS: Mounted root (ext4 filesystem) on device"), "{out}");
+    assert!(
+        out.contains("VFS: Mounted root (ext4 filesystem) on device"),
+        "{out}"
+    );
     std::fs::remove_file(image).unwrap();
     std::fs::remove_file(data).unwrap();
 }
@@ -131,21 +146,11 @@ fn guest_written_data_reaches_the_host_and_survives_a_reboot() {
     let image = rootfs_copy("data");
     let data = std::env::temp_dir().join(format!("flint-block-{}-rw.img", std::process::id()));
     std::fs::write(&data, vec![0u8; 16 << 20]).unwrap();
-    let kernel = artifact("kernel");
     let run = |cmd: &str| {
-        let cl = cmdline(&format!("flint.cmd={cmd}"));
+        let extra = format!("flint.cmd={cmd}");
         let root = format!("path={},root=on", image.display());
         let disk = format!("path={},id=data,cache=writeback", data.display());
-        let mut vm = spawn(&[
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--cmdline",
-            &cl,
-            "--drive",
-            &root,
-            "--drive",
-            &disk,
-        ]);
+        let mut vm = spawn_guest(false, Some(&extra), &["--drive", &root, "--drive", &disk]);
         vm.wait_for("flint-guest: cmd exit 0", boot_deadline());
         let status = vm.wait_exit(Duration::from_secs(60));
         let out = vm.output();
@@ -156,10 +161,16 @@ fn guest_written_data_reaches_the_host_and_survives_a_reboot() {
     // guest reads it back.
     let out = run("dd,if=/dev/urandom,of=/dev/vdb,bs=1M,count=4,conv=fsync&&head,-c,4194304,/dev/vdb|sha256sum");
     let host = sha256(&data, Some(4 << 20));
-    assert!(out.contains(&host), "guest checksum differs from host {host}:\n{out}");
+    assert!(
+        out.contains(&host),
+        "guest checksum differs from host {host}:\n{out}"
+    );
     // A second boot reads the same bytes.
     let out = run("head,-c,4194304,/dev/vdb|sha256sum");
-    assert!(out.contains(&host), "data changed across reboot, host {host}:\n{out}");
+    assert!(
+        out.contains(&host),
+        "data changed across reboot, host {host}:\n{out}"
+    );
     std::fs::remove_file(image).unwrap();
     std::fs::remove_file(data).unwrap();
 }

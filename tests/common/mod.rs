@@ -189,3 +189,26 @@ pub fn run(args: &[&str], timeout: Duration) -> (ExitStatus, String) {
     let status = r.wait_exit(timeout);
     (status, r.output())
 }
+
+/// The default command line with `extra` appended.
+pub fn cmdline(extra: &str) -> String {
+    format!("{} {extra}", flint::config::DEFAULT_CMDLINE)
+}
+
+/// Start the default guest kernel, with the default initramfs when
+/// `initrd`, the default command line plus `extra_cmdline` when given, and
+/// further flint arguments.
+pub fn spawn_guest(initrd: bool, extra_cmdline: Option<&str>, args: &[&str]) -> Running {
+    let kernel = artifact("kernel");
+    let initrd_path = artifact("initrd");
+    let cl = extra_cmdline.map(cmdline);
+    let mut all = vec!["--kernel", kernel.to_str().unwrap()];
+    if initrd {
+        all.extend(["--initrd", initrd_path.to_str().unwrap()]);
+    }
+    if let Some(cl) = &cl {
+        all.extend(["--cmdline", cl.as_str()]);
+    }
+    all.extend_from_slice(args);
+    spawn(&all)
+}
