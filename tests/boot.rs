@@ -82,3 +82,25 @@ fn init_runs_a_command_and_ends_the_vm() {
         "the guest's boot-timer write was not seen: {timer}"
     );
 }
+
+#[test]
+fn bzimage_kernel_boots_to_init() {
+    let bzimage = common::artifact("bzimage");
+    let initrd = common::artifact("initrd");
+    let cl = common::cmdline("rdinit=/pause");
+    let mut vm = common::spawn(&[
+        "--kernel",
+        bzimage.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--cmdline",
+        &cl,
+        "--log-level",
+        "info",
+    ]);
+    vm.wait_for("payload decompressed by flint", Duration::from_secs(30));
+    vm.wait_for("Run /pause as init process", boot_deadline());
+    vm.signal(libc::SIGTERM);
+    let status = vm.wait_exit(Duration::from_secs(120));
+    assert_eq!(status.code(), Some(0), "{}", vm.output());
+}

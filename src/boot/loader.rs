@@ -1,12 +1,16 @@
 //! Loading the kernel image and the initrd into guest memory.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, ReadVolatile};
+use vm_memory::{
+    Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, ReadVolatile,
+};
+
+use super::bzimage;
 
 use crate::memory::{HIMEM_START, MMIO_GAP_START};
 
@@ -24,6 +28,11 @@ pub enum Error {
     Load {
         path: PathBuf,
         source: linux_loader::loader::Error,
+    },
+    #[error("kernel {path}: {source}")]
+    BzImage {
+        path: PathBuf,
+        source: bzimage::Error,
     },
     #[error("kernel {0} is an ELF file but not a 64-bit x86 executable")]
     WrongElf(PathBuf),
@@ -113,6 +122,14 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, E
             })
         }
         Format::BzImage => {
+            if let Some(k) = load_decompressed(mem, &mut file, path)? {
+                return Ok(k);
+            }
+            file.seek(SeekFrom::Start(0))
+                .map_err(|source| Error::OpenKernel {
+                    path: path.to_owned(),
+                    source,
+                })?;
             let r = BzImage::load(mem, None, &mut file, himem).map_err(load_err)?;
             // The 64-bit entry of the protected-mode kernel is 0x200 past its start.
             Ok(LoadedKernel {
@@ -122,6 +139,51 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, E
             })
         }
     }
+}
+
+/// Decompress a bzImage's kernel on the host and load it as an ELF, with
+/// the bzImage's setup header for the zero page; `None` when the payload is
+/// in a format flint does not decompress.
+fn load_decompressed(
+    mem: &GuestMemoryMmap,
+    file: &mut File,
+    path: &Path,
+) -> Result<Option<LoadedKernel>, Error> {
+    let mut image = Vec::new();
+    file.read_to_end(&mut image)
+        .map_err(|source| Error::OpenKernel {
+            path: path.to_owned(),
+            source,
+        })?;
+    let elf = bzimage::extract_vmlinux(&image).map_err(|source| Error::BzImage {
+        path: path.to_owned(),
+        source,
+    })?;
+    let Some(elf) = elf else {
+        return Ok(None);
+    };
+    let hdr = image
+        .get(0x1f1..0x1f1 + std::mem::size_of::<setup_header>())
+        .and_then(setup_header::from_slice)
+        .copied()
+        .ok_or_else(|| Error::NotAKernel(path.to_owned()))?;
+    drop(image);
+    let r = Elf::load(
+        mem,
+        None,
+        &mut Cursor::new(&elf),
+        Some(GuestAddress(HIMEM_START)),
+    )
+    .map_err(|source| Error::Load {
+        path: path.to_owned(),
+        source,
+    })?;
+    log::info!("kernel {}: payload decompressed by flint", path.display());
+    Ok(Some(LoadedKernel {
+        entry: r.kernel_load,
+        end: r.kernel_end,
+        setup_header: Some(hdr),
+    }))
 }
 
 /// linux-loader checks the ELF header's layout but not the machine; a 32-bit

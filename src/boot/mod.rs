@@ -2,6 +2,7 @@
 //! kernel and initrd, the command line, the zero page, the MP table, the
 //! entry-time GDT and page tables; and the vCPU state at entry.
 
+pub mod bzimage;
 pub mod cpuid;
 pub mod loader;
 pub mod mptable;
