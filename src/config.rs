@@ -389,6 +389,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_parses() {
+        let f = parse(include_str!("../resources/vm-config.example.json")).unwrap();
+        let c = resolve(f, Overrides::default()).unwrap();
+        assert_eq!((c.vcpus, c.mem_mib), (2, 256));
+        assert_eq!(c.drives.len(), 1);
+        assert_eq!(c.nets[0].mtu, Some(1500));
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let f = parse(
             r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 2}}"#,
