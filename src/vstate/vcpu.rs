@@ -312,6 +312,7 @@ impl Vcpu {
                 ));
             }
         }
+        let rip_before = regs.rip;
         let fd = &self.fd;
         let mem = &self.mem;
         let mut read = |gva: u64, buf: &mut [u8]| read_virt(fd, mem, gva, buf);
@@ -329,6 +330,12 @@ impl Vcpu {
                 )))
             }
         };
+        log::debug!(
+            "vCPU {}: emulated {:02x?} at {:#x} ({outcome:?})",
+            self.id,
+            &bytes[..bytes.len().min(4)],
+            sregs.cs.base.wrapping_add(rip_before)
+        );
         if let Err(e) = self.fd.set_regs(&regs) {
             return Action::Stop(StopReason::Crash(format!(
                 "KVM_SET_REGS after emulation: {e}"

@@ -32,6 +32,28 @@ pub fn guest() -> &'static HashMap<String, PathBuf> {
     })
 }
 
+/// A tiny test guest from resources/tiny/build.sh (`reset` or `triple`).
+pub fn tiny(name: &str) -> PathBuf {
+    static TINY: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
+    let all = TINY.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("resources/tiny/build.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run resources/tiny/build.sh");
+        assert!(out.status.success(), "resources/tiny/build.sh failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
+            .collect()
+    });
+    all.get(&format!("tiny_{name}"))
+        .unwrap_or_else(|| panic!("resources/tiny/build.sh printed no tiny_{name}="))
+        .clone()
+}
+
 pub fn artifact(name: &str) -> PathBuf {
     guest()
         .get(name)
@@ -76,8 +98,16 @@ pub struct Running {
 
 /// Start flint with `args`, stdin closed.
 pub fn spawn(args: &[&str]) -> Running {
-    let mut child = Command::new(FLINT)
-        .args(args)
+    let mut cmd = Command::new(FLINT);
+    cmd.args(args);
+    spawn_command(cmd)
+}
+
+/// Start `cmd` (flint behind a wrapper that execs it, such as
+/// `ip netns exec NS flint ...`), stdin closed, output collected as by
+/// [`spawn`].
+pub fn spawn_command(mut cmd: Command) -> Running {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
