@@ -38,6 +38,8 @@ pub enum Error {
     TooManyVcpus { asked: u8, max: usize },
     #[error("mem_size_mib {asked} is more than this host has ({host} MiB of RAM)")]
     MemBeyondHost { asked: u64, host: u64 },
+    #[error("the kernel loader stopped unexpectedly")]
+    LoaderThread,
     #[error("cannot set up the event loop: {0}")]
     EventLoop(String),
 }
@@ -91,8 +93,17 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<Outcome, Error> {
         }
     }
     control::block_signals()?;
+    boot::check_cmdline(&cfg.cmdline)?;
     let mem = memory::create(cfg.mem_mib)?;
-    let vm = Vm::new(&mem)?;
+    // Reading the kernel and initrd into guest memory and KVM's building of
+    // the VM (irqchip, PIT, memory slots) are independent: overlap them.
+    let (images, vm) = std::thread::scope(|s| {
+        let loader = s.spawn(|| boot::load_images(&mem, &cfg.kernel, cfg.initrd.as_deref()));
+        let vm = Vm::new(&mem);
+        (loader.join(), vm)
+    });
+    let images = images.map_err(|_| Error::LoaderThread)??;
+    let vm = vm?;
     if usize::from(cfg.vcpus) > vm.max_vcpus() {
         return Err(Error::TooManyVcpus {
             asked: cfg.vcpus,
@@ -128,14 +139,7 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<Outcome, Error> {
     };
     let cmdline = full_cmdline(cfg, &dm.cmdline, root.as_deref(), profile.as_deref());
     log::debug!("kernel command line: {cmdline}");
-    let entry = boot::prepare(
-        &mem,
-        cfg.mem_mib,
-        cfg.vcpus,
-        &cfg.kernel,
-        cfg.initrd.as_deref(),
-        &cmdline,
-    )?;
+    let entry = boot::write_boot_data(&mem, &images, cfg.mem_mib, cfg.vcpus, &cmdline)?;
     for v in &vcpus {
         v.configure(vm.kvm(), entry.entry.0, cfg.vcpus)?;
     }

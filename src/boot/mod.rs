@@ -55,16 +55,20 @@ pub struct BootEntry {
     pub entry: GuestAddress,
 }
 
-/// Load everything and return the entry point.
-pub fn prepare(
+/// The kernel and initrd, in guest memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Images {
+    pub kernel: loader::LoadedKernel,
+    pub initrd: Option<loader::LoadedInitrd>,
+}
+
+/// Load the kernel and the initrd. Needs nothing but guest memory, so the
+/// VMM runs it while KVM builds the VM.
+pub fn load_images(
     mem: &GuestMemoryMmap,
-    mem_mib: u64,
-    vcpus: u8,
     kernel: &Path,
     initrd: Option<&Path>,
-    cmdline: &str,
-) -> Result<BootEntry, Error> {
-    check_cmdline(cmdline)?;
+) -> Result<Images, Error> {
     let kernel = loader::load_kernel(mem, kernel)?;
     let initrd_max = kernel
         .setup_header
@@ -74,17 +78,26 @@ pub fn prepare(
     let initrd = initrd
         .map(|p| loader::load_initrd(mem, p, kernel.end, initrd_max))
         .transpose()?;
-    let mut cl = linux_loader::cmdline::Cmdline::new(CMDLINE_MAX_SIZE).map_err(|_| {
-        Error::CmdlineTooLong {
-            len: cmdline.len(),
-            max: CMDLINE_MAX_SIZE - 1,
-        }
-    })?;
+    Ok(Images { kernel, initrd })
+}
+
+/// Write what the kernel reads at entry (command line, zero page with the
+/// RNG seed, MP table, GDT and page tables) and return the entry point.
+pub fn write_boot_data(
+    mem: &GuestMemoryMmap,
+    images: &Images,
+    mem_mib: u64,
+    vcpus: u8,
+    cmdline: &str,
+) -> Result<BootEntry, Error> {
+    check_cmdline(cmdline)?;
+    let too_long = || Error::CmdlineTooLong {
+        len: cmdline.len(),
+        max: CMDLINE_MAX_SIZE - 1,
+    };
+    let mut cl = linux_loader::cmdline::Cmdline::new(CMDLINE_MAX_SIZE).map_err(|_| too_long())?;
     if !cmdline.is_empty() {
-        cl.insert_str(cmdline).map_err(|_| Error::CmdlineTooLong {
-            len: cmdline.len(),
-            max: CMDLINE_MAX_SIZE - 1,
-        })?;
+        cl.insert_str(cmdline).map_err(|_| too_long())?;
     }
     linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cl)
         .map_err(Error::CmdlineWrite)?;
@@ -94,15 +107,15 @@ pub fn prepare(
         &params::BootInfo {
             mem_mib,
             cmdline_len: cmdline.len() + 1,
-            initrd,
-            setup_header: kernel.setup_header,
+            initrd: images.initrd,
+            setup_header: images.kernel.setup_header,
             rng_seed: &seed,
         },
     )?;
     mptable::setup(mem, vcpus)?;
     regs::write_tables(mem)?;
     Ok(BootEntry {
-        entry: kernel.entry,
+        entry: images.kernel.entry,
     })
 }
 
