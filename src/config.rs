@@ -52,6 +52,11 @@ pub enum Error {
     DuplicateIface(String),
     #[error("host_dev_name {0:?} is used by more than one network interface")]
     DuplicateTap(String),
+    #[error("network interface {iface:?}: {source}")]
+    Mac {
+        iface: String,
+        source: devices::virtio::net::Error,
+    },
     #[error("bad {flag} value {value:?}: {why}")]
     Flag {
         flag: &'static str,
@@ -257,6 +262,14 @@ fn validate_nets(nets: &[NetConfig]) -> Result<(), Error> {
         }
         if nets[..i].iter().any(|o| o.host_dev_name == n.host_dev_name) {
             return Err(Error::DuplicateTap(n.host_dev_name.clone()));
+        }
+        // Checked here, with the rest of the configuration, so a typo is
+        // reported before any VM is built.
+        if let Some(mac) = &n.guest_mac {
+            devices::virtio::net::parse_mac(mac).map_err(|source| Error::Mac {
+                iface: n.iface_id.clone(),
+                source,
+            })?;
         }
     }
     Ok(())
