@@ -12,44 +12,34 @@ use std::time::{Duration, Instant};
 
 pub const FLINT: &str = env!("CARGO_BIN_EXE_flint");
 
+/// Run a resources/ build script and collect its `NAME=PATH` lines.
+fn build_script(relative: &str) -> HashMap<String, PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run {relative}: {e}"));
+    assert!(out.status.success(), "{relative} failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
+        .collect()
+}
+
 /// The default guest's artifacts (kernel, initrd, rootfs...), built or taken
 /// from the cache by resources/default-guest.sh once per test process.
 pub fn guest() -> &'static HashMap<String, PathBuf> {
     static GUEST: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
-    GUEST.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("resources/default-guest.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run resources/default-guest.sh");
-        assert!(out.status.success(), "resources/default-guest.sh failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
-            .collect()
-    })
+    GUEST.get_or_init(|| build_script("resources/default-guest.sh"))
 }
 
 /// A tiny test guest from resources/tiny/build.sh (`reset` or `triple`).
 pub fn tiny(name: &str) -> PathBuf {
     static TINY: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
-    let all = TINY.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("resources/tiny/build.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run resources/tiny/build.sh");
-        assert!(out.status.success(), "resources/tiny/build.sh failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
-            .collect()
-    });
-    all.get(&format!("tiny_{name}"))
+    TINY.get_or_init(|| build_script("resources/tiny/build.sh"))
+        .get(&format!("tiny_{name}"))
         .unwrap_or_else(|| panic!("resources/tiny/build.sh printed no tiny_{name}="))
         .clone()
 }
