@@ -11,6 +11,7 @@ pub mod device_manager;
 pub mod host;
 pub mod logger;
 pub mod memory;
+pub mod teardown;
 pub mod terminal;
 pub mod timer;
 pub mod virtio_devices;

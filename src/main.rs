@@ -132,6 +132,10 @@ fn run(cli: &Cli) -> u8 {
     flint::terminal::enter_raw_mode();
     let result = vmm::run(&cfg, &opts);
     flint::terminal::restore();
+    if result.is_ok() {
+        // The VM is still alive; let its teardown happen after we are gone.
+        flint::teardown::hand_off();
+    }
     let code = match result {
         Err(e) => {
             eprintln!("flint: {e}");
