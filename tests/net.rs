@@ -58,7 +58,9 @@ const PING_SIZES: [u32; 4] = [0, 56, 1000, 1472];
 fn skip_without_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED {test}: needs root for network namespaces and TAP devices");
+        common::report_skip(&format!(
+            "SKIPPED {test}: needs root for network namespaces and TAP devices"
+        ));
         return true;
     }
     false
