@@ -54,16 +54,15 @@ const IP_CONFIG_ETH1: &str = "device=eth1, hwaddr=06:00:ac:10:01:02, ipaddr=172.
 const PINGS: u32 = 50;
 const PING_SIZES: [u32; 4] = [0, 56, 1000, 1472];
 
-/// Skip when this process cannot make namespaces and TAPs.
-fn skip_without_root(test: &str) -> bool {
+/// These tests make network namespaces and TAPs: they need root, and fail
+/// saying so rather than pass without testing anything.
+fn require_root(test: &str) {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        common::report_skip(&format!(
-            "SKIPPED {test}: needs root for network namespaces and TAP devices"
-        ));
-        return true;
-    }
-    false
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "{test} needs root for network namespaces and TAP devices"
+    );
 }
 
 /// A network namespace of this test process, deleted on drop.
@@ -444,9 +443,7 @@ fn boot_in(ns: &Netns, cmdline_extra: &str, nets: &[&str]) -> Running {
 
 #[test]
 fn guest_kernel_configures_eth0_from_ip_and_answers_ping_up_to_the_mtu() {
-    if skip_without_root("guest_kernel_configures_eth0_from_ip_and_answers_ping_up_to_the_mtu") {
-        return;
-    }
+    require_root("guest_kernel_configures_eth0_from_ip_and_answers_ping_up_to_the_mtu");
     let ns = Netns::new();
     ns.add_tap("tap0", &format!("{HOST0}/24"));
     let mut vm = boot_in(&ns, IP_ETH0, &[&format!("tap=tap0,mac={MAC0}")]);
@@ -472,9 +469,7 @@ fn guest_kernel_configures_eth0_from_ip_and_answers_ping_up_to_the_mtu() {
 
 #[test]
 fn host_receives_the_guest_kernel_log_over_netconsole() {
-    if skip_without_root("host_receives_the_guest_kernel_log_over_netconsole") {
-        return;
-    }
+    require_root("host_receives_the_guest_kernel_log_over_netconsole");
     let ns = Netns::new();
     ns.add_tap("tap0", &format!("{HOST0}/24"));
     let log = udp_log(&ns, HOST0, NETCONSOLE_PORT);
@@ -508,9 +503,7 @@ fn host_receives_the_guest_kernel_log_over_netconsole() {
 /// guest's address (Linux answers for any local address on any interface).
 #[test]
 fn two_nics_eth1_answers_ping_and_eth0_carries_netconsole_and_arp() {
-    if skip_without_root("two_nics_eth1_answers_ping_and_eth0_carries_netconsole_and_arp") {
-        return;
-    }
+    require_root("two_nics_eth1_answers_ping_and_eth0_carries_netconsole_and_arp");
     let ns = Netns::new();
     ns.add_tap("tap0", &format!("{HOST0}/24"));
     ns.add_tap("tap1", &format!("{HOST1}/24"));
@@ -604,11 +597,10 @@ fn guest_hash(console: &str, name: &str) -> Option<String> {
 
 #[test]
 fn tcp_64_mib_each_way_with_busybox_nc() {
-    if skip_without_guest_user_space("tcp_64_mib_each_way_with_busybox_nc")
-        || skip_without_root("tcp_64_mib_each_way_with_busybox_nc")
-    {
+    if skip_without_guest_user_space("tcp_64_mib_each_way_with_busybox_nc") {
         return;
     }
+    require_root("tcp_64_mib_each_way_with_busybox_nc");
     const LEN: usize = 64 << 20;
     // Pseudo-random bytes (xorshift64), so nothing compresses or repeats.
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -743,9 +735,7 @@ fn tmp_json(name: &str, interfaces: &str) -> std::path::PathBuf {
 
 #[test]
 fn bad_mac_is_refused_and_named() {
-    if skip_without_root("bad_mac_is_refused_and_named") {
-        return;
-    }
+    require_root("bad_mac_is_refused_and_named");
     let ns = Netns::new();
     let kernel = kernel_path();
     for (mac, why) in [
@@ -782,9 +772,7 @@ fn bad_mac_is_refused_and_named() {
 
 #[test]
 fn duplicate_iface_ids_and_tap_names_are_refused() {
-    if skip_without_root("duplicate_iface_ids_and_tap_names_are_refused") {
-        return;
-    }
+    require_root("duplicate_iface_ids_and_tap_names_are_refused");
     let ns = Netns::new();
     let p = tmp_json(
         "dup-id.json",
@@ -851,9 +839,7 @@ fn duplicate_iface_ids_and_tap_names_are_refused() {
 
 #[test]
 fn tap_name_longer_than_15_bytes_is_refused() {
-    if skip_without_root("tap_name_longer_than_15_bytes_is_refused") {
-        return;
-    }
+    require_root("tap_name_longer_than_15_bytes_is_refused");
     let ns = Netns::new();
     fails_with(
         &ns,
@@ -867,9 +853,7 @@ fn tap_name_longer_than_15_bytes_is_refused() {
 /// allowed.
 #[test]
 fn tap_in_use_by_another_process_is_refused() {
-    if skip_without_root("tap_in_use_by_another_process_is_refused") {
-        return;
-    }
+    require_root("tap_in_use_by_another_process_is_refused");
     const NAME: &str = "flint-busy-tap0";
     assert_eq!(NAME.len(), 15);
     let ns = Netns::new();
