@@ -140,8 +140,9 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<Outcome, Error> {
     let cmdline = full_cmdline(cfg, &dm.cmdline, root.as_deref(), profile.as_deref());
     log::debug!("kernel command line: {cmdline}");
     let entry = boot::write_boot_data(&mem, &images, cfg.mem_mib, cfg.vcpus, &cmdline)?;
+    let supported = vcpu::supported_cpuid(vm.kvm())?;
     for v in &vcpus {
-        v.configure(vm.kvm(), entry.entry.0, cfg.vcpus)?;
+        v.configure(&supported, entry.entry.0, cfg.vcpus)?;
     }
 
     let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use devices::Bus;
 use kvm_bindings::{
-    kvm_lapic_state, Msrs, KVM_INTERNAL_ERROR_EMULATION,
+    kvm_lapic_state, CpuId, Msrs, KVM_INTERNAL_ERROR_EMULATION,
     KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_MAX_CPUID_ENTRIES,
     KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
@@ -130,6 +130,16 @@ pub fn configure_lints(lapic: &mut kvm_lapic_state) {
     set_apic_reg(lapic, APIC_LVT1, mode(l1, APIC_MODE_NMI));
 }
 
+/// KVM's supported CPUID, the base every vCPU's CPUID is made from.
+pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, Error> {
+    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|source| Error::Setup {
+            id: 0,
+            what: "KVM_GET_SUPPORTED_CPUID",
+            source,
+        })
+}
+
 /// One vCPU and what its thread needs.
 pub struct Vcpu {
     fd: VcpuFd,
@@ -171,11 +181,10 @@ impl Vcpu {
         move |source| Error::Setup { id, what, source }
     }
 
-    /// Put the vCPU in the 64-bit Linux entry state.
-    pub fn configure(&self, kvm: &Kvm, entry: u64, cpus: u8) -> Result<(), Error> {
-        let mut cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(self.setup_err("KVM_GET_SUPPORTED_CPUID"))?;
+    /// Put the vCPU in the 64-bit Linux entry state; `supported` is KVM's
+    /// supported CPUID (see [`supported_cpuid`]), fetched once for all vCPUs.
+    pub fn configure(&self, supported: &CpuId, entry: u64, cpus: u8) -> Result<(), Error> {
+        let mut cpuid = supported.clone();
         cpuid::normalize(cpuid.as_mut_slice(), self.id, cpus);
         self.fd
             .set_cpuid2(&cpuid)
