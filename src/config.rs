@@ -65,8 +65,9 @@ pub enum Error {
     },
 }
 
-/// Firecracker's maximum guest physical address width of this layout: keep
-/// well inside the 46-bit space that every x86-64 KVM host maps.
+/// The most guest memory flint will map (32 TiB): guest RAM must stay inside
+/// the 46-bit guest-physical space every x86-64 KVM host supports. The host's
+/// own RAM is the tighter limit in practice; the VMM checks that one.
 pub const MAX_MEM_MIB: u64 = 1 << 25; // 32 TiB
 
 #[derive(Debug, Default, Deserialize)]
