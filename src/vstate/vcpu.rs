@@ -315,7 +315,14 @@ impl Vcpu {
         if bytes.is_empty() {
             bytes.resize(15, 0);
             let rip = sregs.cs.base.wrapping_add(regs.rip);
-            if !self.read_virt(rip, &mut bytes) {
+            // An instruction near the end of a page may be followed by an
+            // unmapped one: then fetch only what its own page holds.
+            let in_page = (0x1000 - (rip & 0xfff)) as usize;
+            let fetched = self.read_virt(rip, &mut bytes) || {
+                bytes.truncate(in_page.min(15));
+                self.read_virt(rip, &mut bytes)
+            };
+            if !fetched {
                 return Action::Stop(StopReason::Crash(
                     "emulation failure at an rip that does not translate".into(),
                 ));
