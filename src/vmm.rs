@@ -17,6 +17,9 @@ use crate::vstate::vcpu::{self, Vcpu};
 use crate::vstate::vm::{self, Vm};
 use crate::{boot, memory, virtio_devices};
 
+/// How often the event loop writes out a partial console line, in ms.
+const CONSOLE_FLUSH_MS: i32 = 20;
+
 /// Everything that can stop a VM from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -166,12 +169,20 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<Outcome, Error> {
         // The threads are never joined: the process ends when the VM does.
         v.start()?;
     }
+    let serial = dm.serial.clone();
+    let flush_console = || {
+        // A failing stdout is counted by the serial device; nothing to add.
+        let _ = devices::bus::lock(&serial).output_mut().flush_pending();
+    };
     loop {
-        if let Err(e) = em.run() {
+        // The timeout bounds how long a partial console line (a prompt, an
+        // echoed key) waits for its newline.
+        if let Err(e) = em.run_with_timeout(CONSOLE_FLUSH_MS) {
             if e != event_manager::Error::Epoll(vmm_sys_util::errno::Error::new(libc::EINTR)) {
                 return Err(Error::EventLoop(e.to_string()));
             }
         }
+        flush_console();
         if let Some(outcome) = devices::bus::lock(&ctl).outcome() {
             // `vm` and `mem` must outlive the vCPU threads, which run until
             // the process exits.

@@ -157,6 +157,11 @@ impl<W: Write + Send> SerialDevice<W> {
         self.serial.fifo_capacity()
     }
 
+    /// The sink of the guest's output, e.g. to flush what it buffers.
+    pub fn output_mut(&mut self) -> &mut W {
+        self.serial.writer_mut()
+    }
+
     /// Shared counters; clone the Arc to read them without the device lock.
     pub fn metrics(&self) -> &Arc<SerialMetrics> {
         &self.metrics
