@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{artifact, boot_deadline, skip_without_guest_user_space, spawn_guest};
+use common::{
+    artifact, boot_deadline, sha256, skip_without_guest_user_space, spawn_guest, stop_with_sigterm,
+};
 
 /// A private copy of the default guest's root disk (the guest writes it).
 fn rootfs_copy(tag: &str) -> PathBuf {
@@ -30,25 +32,13 @@ fn dumpe2fs_field(image: &Path, field: &str) -> String {
         .to_string()
 }
 
-fn sha256(path: &Path, len: Option<u64>) -> String {
+/// sha256 of the first `len` bytes of `path` (all of it without `len`).
+fn file_sha256(path: &Path, len: Option<u64>) -> String {
     let data = std::fs::read(path).unwrap();
-    let data = match len {
-        Some(n) => &data[..n as usize],
-        None => &data[..],
-    };
-    let mut child = Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+    match len {
+        Some(n) => sha256(&data[..n as usize]),
+        None => sha256(&data),
+    }
 }
 
 /// Boot with `drives` and the /pause init, wait for `needles`, then end the
@@ -62,11 +52,7 @@ fn boot_pause(drives: &[String], needles: &[&str]) -> String {
     for n in needles {
         vm.wait_for(n, boot_deadline());
     }
-    vm.signal(libc::SIGTERM);
-    let status = vm.wait_exit(Duration::from_secs(120));
-    let out = vm.output();
-    assert_eq!(status.code(), Some(0), "{out}");
-    out
+    stop_with_sigterm(&mut vm, Duration::from_secs(120))
 }
 
 #[test]
@@ -101,7 +87,7 @@ fn root_disk_is_mounted_read_write_and_left_consistent() {
 #[test]
 fn read_only_root_is_mounted_read_only_and_unchanged() {
     let image = rootfs_copy("ro");
-    let before = sha256(&image, None);
+    let before = file_sha256(&image, None);
     let out = boot_pause(
         &[format!("path={},root=on,ro=on", image.display())],
         &[
@@ -110,7 +96,11 @@ fn read_only_root_is_mounted_read_only_and_unchanged() {
         ],
     );
     assert!(out.contains("[vda]"), "{out}");
-    assert_eq!(sha256(&image, None), before, "the read-only image changed");
+    assert_eq!(
+        file_sha256(&image, None),
+        before,
+        "the read-only image changed"
+    );
     std::fs::remove_file(image).unwrap();
 }
 
@@ -160,7 +150,7 @@ fn guest_written_data_reaches_the_host_and_survives_a_reboot() {
     // 4 MiB of random data written by the guest, then its checksum as the
     // guest reads it back.
     let out = run("dd,if=/dev/urandom,of=/dev/vdb,bs=1M,count=4,conv=fsync&&head,-c,4194304,/dev/vdb|sha256sum");
-    let host = sha256(&data, Some(4 << 20));
+    let host = file_sha256(&data, Some(4 << 20));
     assert!(
         out.contains(&host),
         "guest checksum differs from host {host}:\n{out}"

@@ -26,7 +26,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{
-    artifact, boot_deadline, cmdline, skip_without_guest_user_space, spawn_command, Running, FLINT,
+    artifact, boot_deadline, cmdline, sha256, skip_without_guest_user_space, spawn_command,
+    Running, FLINT,
 };
 
 const HANDOVER: &str = "Run /pause as init process";
@@ -410,15 +411,7 @@ fn assert_same_log(serial: &str, net: &str) {
 /// SIGTERM makes flint press Ctrl-Alt-Del; the guest kernel reboots and
 /// flint exits 0.
 fn stop_with_sigterm(vm: &mut Running) {
-    vm.signal(libc::SIGTERM);
-    let status = vm.wait_exit(Duration::from_secs(240));
-    let out = vm.output();
-    assert!(
-        out.contains("reboot: Restarting system"),
-        "the guest did not reboot:\n{out}"
-    );
-    assert!(!out.contains("panicked"), "{out}");
-    assert_eq!(status.code(), Some(0), "{out}");
+    common::stop_with_sigterm(vm, Duration::from_secs(240));
 }
 
 /// Boot the default kernel with the initramfs and `/pause` as init.
@@ -565,25 +558,6 @@ fn two_nics_eth1_answers_ping_and_eth0_carries_netconsole_and_arp() {
         "eth0 did not answer ARP on tap0"
     );
     stop_with_sigterm(&mut vm);
-}
-
-/// sha256 of `data`, with the host's sha256sum (the guest uses busybox's).
-fn sha256(data: &[u8]) -> String {
-    let mut child = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run sha256sum");
-    let mut stdin = child.stdin.take().unwrap();
-    let data = data.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&data));
-    let out = child.wait_with_output().expect("sha256sum");
-    writer.join().unwrap().expect("feed sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .expect("sha256sum output")
-        .to_string()
 }
 
 /// The hash busybox sha256sum printed for `name` ("HASH  NAME").

@@ -239,3 +239,41 @@ pub fn spawn_guest(initrd: bool, extra_cmdline: Option<&str>, args: &[&str]) -> 
     all.extend_from_slice(args);
     spawn(&all)
 }
+
+/// sha256 of `data` as the host's sha256sum prints it (the guest uses
+/// busybox's, so both sides agree on the text).
+pub fn sha256(data: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run sha256sum");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = data.to_vec();
+    // Fed from a thread so a large input never fills both pipes at once.
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().expect("sha256sum");
+    writer.join().unwrap().expect("feed sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("sha256sum output")
+        .to_string()
+}
+
+/// End a VM the graceful way: SIGTERM makes flint press Ctrl-Alt-Del, the
+/// guest kernel reboots, and flint must exit 0 within `timeout`. Returns
+/// the whole output.
+pub fn stop_with_sigterm(vm: &mut Running, timeout: Duration) -> String {
+    vm.signal(libc::SIGTERM);
+    let status = vm.wait_exit(timeout);
+    let out = vm.output();
+    assert!(
+        out.contains("reboot: Restarting system"),
+        "the guest did not reboot:\n{out}"
+    );
+    assert!(!out.contains("panicked"), "{out}");
+    assert_eq!(status.code(), Some(0), "{out}");
+    out
+}
