@@ -46,6 +46,20 @@ install_missing() {
 	fi
 }
 
+# --- Archives ---------------------------------------------------------------
+
+# newc_entry NAME MODE(octal) RDEVMAJOR RDEVMINOR INO: one header-only entry
+# of a newc cpio archive with mtime $EPOCH (a device node or the trailer).
+# GNU cpio -o cannot archive a device node without one on disk, and mknod
+# needs root; the kernel unpacks concatenated archives in order.
+newc_entry() {
+	local namesize=$((${#1} + 1))
+	printf '070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X' \
+		"$5" $((8#$2)) 0 0 1 "$EPOCH" 0 0 0 "$3" "$4" "$namesize" 0
+	printf '%s\0' "$1"
+	head -c $(((4 - (110 + namesize) % 4) % 4)) /dev/zero
+}
+
 # --- Cache ------------------------------------------------------------------
 
 # cache_manifest ITEM...: the text that identifies a build. Each ITEM is
@@ -77,6 +91,29 @@ cache_lock() {
 	mkdir -p "$1" || die "cannot create $1 (set FLINT_CACHE to a writable directory)"
 	exec 9>"$1/.lock-$2"
 	flock 9
+}
+
+# cache_enter KIND MANIFEST: look up the entry of MANIFEST under
+# $FLINT_CACHE/KIND and set $key, $cache_dir and $final. Returns 0 when the
+# entry is built already (the caller prints its result and exits). Otherwise
+# returns 1 holding the entry's lock (checked again under it: another build
+# may have finished while this one waited), with the staging directories of
+# an interrupted build removed.
+cache_enter() {
+	key=$(cache_key "$2")
+	cache_dir=$FLINT_CACHE/$1
+	final=$cache_dir/$key
+	if [ -d "$final" ]; then
+		log "cached: $final"
+		return 0
+	fi
+	cache_lock "$cache_dir" "$key"
+	if [ -d "$final" ]; then
+		log "cached: $final"
+		return 0
+	fi
+	rm -rf "$cache_dir/.tmp-$key".*
+	return 1
 }
 
 # cache_publish STAGING FINAL: move a completely built entry into place.

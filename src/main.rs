@@ -49,6 +49,10 @@ struct Cli {
     /// (flint adds its devices, root= and host parameters after it).
     #[arg(long, value_name = "STR")]
     cmdline: Option<String>,
+    /// Words added to the end of the kernel command line (the default one,
+    /// or --cmdline's), e.g. --append "flint.cmd=uname,-a".
+    #[arg(long, value_name = "STR")]
+    append: Option<String>,
     /// Number of vCPUs [default: 1].
     #[arg(long, value_name = "N")]
     vcpus: Option<u64>,
@@ -117,7 +121,12 @@ fn load_config(cli: &Cli) -> Result<config::VmConfig, config::Error> {
 
 fn run(cli: &Cli) -> u8 {
     let cfg = match load_config(cli) {
-        Ok(c) => c,
+        Ok(mut c) => {
+            if let Some(extra) = &cli.append {
+                c.cmdline = format!("{} {}", c.cmdline.trim_end(), extra.trim());
+            }
+            c
+        }
         Err(e) => {
             eprintln!("flint: {e}");
             return EXIT_ERROR;

@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{
-    artifact, boot_deadline, sha256, skip_without_guest_user_space, spawn_guest, stop_with_sigterm,
-};
+use common::{artifact, boot_deadline, ran_in_lab, sha256, spawn_guest, stop_with_sigterm};
 
 /// A private copy of the default guest's root disk (the guest writes it).
 fn rootfs_copy(tag: &str) -> PathBuf {
@@ -130,7 +128,7 @@ fn two_drives_at_once() {
 
 #[test]
 fn guest_written_data_reaches_the_host_and_survives_a_reboot() {
-    if skip_without_guest_user_space("guest_written_data_reaches_the_host_and_survives_a_reboot") {
+    if ran_in_lab("guest_written_data_reaches_the_host_and_survives_a_reboot") {
         return;
     }
     let image = rootfs_copy("data");

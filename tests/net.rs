@@ -25,10 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{
-    artifact, boot_deadline, cmdline, sha256, skip_without_guest_user_space, spawn_command,
-    Running, FLINT,
-};
+use common::{artifact, boot_deadline, cmdline, ran_in_lab, sha256, spawn_command, Running, FLINT};
 
 const HANDOVER: &str = "Run /pause as init process";
 /// The guest's MACs (locally administered) and the addresses on each link.
@@ -571,7 +568,7 @@ fn guest_hash(console: &str, name: &str) -> Option<String> {
 
 #[test]
 fn tcp_64_mib_each_way_with_busybox_nc() {
-    if skip_without_guest_user_space("tcp_64_mib_each_way_with_busybox_nc") {
+    if ran_in_lab("tcp_64_mib_each_way_with_busybox_nc") {
         return;
     }
     require_root("tcp_64_mib_each_way_with_busybox_nc");

@@ -35,28 +35,15 @@ manifest=$(cache_manifest \
 	pkg:"$SOURCE_PKG" \
 	text:"gcc $(gcc --version | head -n1)" \
 	text:"ld $(ld --version | head -n1)")
-key=$(cache_key "$manifest")
-dir=$FLINT_CACHE/kernel
-final=$dir/$key
-
 print_result() {
 	echo "kernel=$final/vmlinux"
 	echo "bzimage=$final/bzImage"
 }
 
-if [ -d "$final" ]; then
-	log "cached: $final"
+if cache_enter kernel "$manifest"; then
 	print_result
 	exit 0
 fi
-
-cache_lock "$dir" "$key"
-if [ -d "$final" ]; then # built by someone else while we waited for the lock
-	log "cached: $final"
-	print_result
-	exit 0
-fi
-rm -rf "$dir/.tmp-$key".*
 
 need_file "$TARBALL" "$SOURCE_PKG"
 need_cmd make make
@@ -71,7 +58,7 @@ need_file /usr/include/gelf.h libelf-dev
 need_file /usr/include/openssl/opensslv.h libssl-dev
 install_missing
 
-stage=$(mktemp -d "$dir/.tmp-$key.XXXXXX")
+stage=$(mktemp -d "$cache_dir/.tmp-$key.XXXXXX")
 work=$(mktemp -d "${FLINT_TMPDIR:-${TMPDIR:-/tmp}}/flint-kernel.XXXXXX")
 trap 'rm -rf "$stage" "$work"' EXIT
 trap 'exit 130' INT HUP

@@ -40,30 +40,17 @@ manifest=$(cache_manifest \
 	pkg:busybox-static pkg:e2fsprogs pkg:cpio \
 	text:"gcc $(gcc --version | head -n1)" \
 	text:"ld $(ld --version | head -n1)")
-key=$(cache_key "$manifest")
-dir=$FLINT_CACHE/rootfs
-final=$dir/$key
-
 print_result() {
 	echo "initrd=$final/initrd.cpio"
 	echo "rootfs=$final/rootfs.ext4"
 }
 
-if [ -d "$final" ]; then
-	log "cached: $final"
+if cache_enter rootfs "$manifest"; then
 	print_result
 	exit 0
 fi
 
-cache_lock "$dir" "$key"
-if [ -d "$final" ]; then
-	log "cached: $final"
-	print_result
-	exit 0
-fi
-rm -rf "$dir/.tmp-$key".*
-
-stage=$(mktemp -d "$dir/.tmp-$key.XXXXXX")
+stage=$(mktemp -d "$cache_dir/.tmp-$key.XXXXXX")
 work=$(mktemp -d "${TMPDIR:-/tmp}/flint-rootfs.XXXXXX")
 trap 'rm -rf "$stage" "$work"' EXIT
 trap 'exit 130' INT HUP
@@ -113,13 +100,6 @@ log "tree: $(find "$tree" | wc -l) entries, busybox with $n applet links"
 # the first; the kernel unpacks concatenated archives in order. (Kernels with
 # BLK_DEV_INITRD also have /dev/console in their built-in initramfs; this
 # makes the image independent of that.)
-newc_entry() { # NAME MODE(octal) RDEVMAJOR RDEVMINOR INO
-	local namesize=$((${#1} + 1))
-	printf '070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X' \
-		"$5" $((8#$2)) 0 0 1 "$EPOCH" 0 0 0 "$3" "$4" "$namesize" 0
-	printf '%s\0' "$1"
-	head -c $(((4 - (110 + namesize) % 4) % 4)) /dev/zero
-}
 {
 	newc_entry dev/console 020600 5 1 1
 	newc_entry 'TRAILER!!!' 0 0 0 0

@@ -30,9 +30,18 @@ fn build_script(relative: &str) -> HashMap<String, PathBuf> {
 
 /// The default guest's artifacts (kernel, initrd, rootfs...), built or taken
 /// from the cache by resources/default-guest.sh once per test process.
+/// In the lab, the test that re-ran itself there passes the map it built
+/// in FLINT_TEST_GUEST (`NAME=PATH` lines).
 pub fn guest() -> &'static HashMap<String, PathBuf> {
     static GUEST: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
-    GUEST.get_or_init(|| build_script("resources/default-guest.sh"))
+    GUEST.get_or_init(|| match std::env::var("FLINT_TEST_GUEST") {
+        Ok(map) if !map.is_empty() => map
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
+            .collect(),
+        _ => build_script("resources/default-guest.sh"),
+    })
 }
 
 /// A tiny test guest from resources/tiny/build.sh (`reset` or `triple`).
@@ -56,31 +65,81 @@ pub fn is_pvm_host() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
 }
 
-/// Skip a test that needs guest user space when this host cannot run it.
-/// Returns true when the caller must return.
-pub fn skip_without_guest_user_space(test: &str) -> bool {
-    if is_pvm_host() {
-        report_skip(&format!(
-            "SKIPPED {test}: needs guest user space, which cannot make system calls on this \
-             kvm_pvm host (no hardware virtualization); it runs on hardware KVM"
-        ));
-        return true;
-    }
-    false
+/// True inside the lab VM (resources/lab), where `lab` sets FLINT_LAB.
+pub fn in_lab() -> bool {
+    std::env::var_os("FLINT_LAB").is_some()
 }
 
-/// Say why a test skips, on the real stderr: the test harness captures
-/// `eprintln!` of passing tests, and a skip must be seen in every run.
-pub fn report_skip(message: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{message}");
+/// Where a test that needs guest user space runs. Where this host's KVM can
+/// run guest user space (hardware KVM, or inside the lab) it runs here and
+/// this returns false. On a kvm_pvm host the test re-runs itself, the same
+/// test binary and test name, inside the lab VM (`resources/lab/lab run`),
+/// passes or fails with that run, and this returns true: the caller
+/// returns. `test` must be the test function's exact name.
+pub fn ran_in_lab(test: &str) -> bool {
+    if !is_pvm_host() {
+        return false;
+    }
+    lab_run_test(test, &[]);
+    true
+}
+
+/// Run this test binary's test `test` in the lab VM, with `lab_args` (such
+/// as `--memory`) for the lab runner; panics with the lab's output unless
+/// exactly that test ran and passed there.
+pub fn lab_run_test(test: &str, lab_args: &[&str]) {
+    let exe = std::env::current_exe().expect("test binary path");
+    // Build (or find) the guest here, so the run inside does not have to.
+    let artifacts: Vec<String> = guest()
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.display()))
+        .collect();
+    let lab = Path::new(env!("CARGO_MANIFEST_DIR")).join("resources/lab/lab");
+    let mut cmd = Command::new(&lab);
+    cmd.arg("run")
+        .arg("--no-tty")
+        .arg("--timeout")
+        .arg("1200")
+        .args(lab_args)
+        .arg("--");
+    cmd.arg(&exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"]);
+    cmd.env("FLINT_TEST_GUEST", artifacts.join("\n"));
+    let started = Instant::now();
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", lab.display()));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The harness shows this for failing tests (and with --nocapture).
+    println!(
+        "--- {test} in the lab ({:.1} s) ---\n{text}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        out.status.success(),
+        "{test} failed in the lab ({}):\n{text}",
+        out.status
+    );
+    assert!(
+        text.contains(&format!("test {test} ... ok")) && text.contains("1 passed"),
+        "the lab run did not run exactly {test}:\n{text}"
+    );
 }
 
 /// Deadline for a boot on this host: the emulating PVM host runs guest
 /// kernel code orders of magnitude slower than hardware.
+/// In the lab every instruction is TCG-emulated (hardware-style KVM all the
+/// same), so boots take seconds there, not milliseconds.
 pub fn boot_deadline() -> Duration {
     if is_pvm_host() {
         Duration::from_secs(600)
+    } else if in_lab() {
+        Duration::from_secs(240)
     } else {
         Duration::from_secs(60)
     }
