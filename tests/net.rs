@@ -855,3 +855,58 @@ fn tap_in_use_by_another_process_is_refused() {
     ns.ip(&["link", "show", NAME]);
     drop(holder);
 }
+
+#[test]
+fn two_vms_at_once_each_with_its_own_disk_and_tap_do_not_disturb_each_other() {
+    require_root("two_vms_at_once_each_with_its_own_disk_and_tap_do_not_disturb_each_other");
+    // Kernel-level, so it runs on the bare host: the lab runs one VM at a
+    // time reliably (shared/HOST-KVM.md), a kvm_pvm host runs many.
+    let (kernel, rootfs) = (artifact("kernel"), artifact("rootfs"));
+    let macs = [MAC0, MAC1];
+    let vms: Vec<(Netns, std::path::PathBuf, Running)> = macs
+        .iter()
+        .enumerate()
+        .map(|(i, mac)| {
+            let ns = Netns::new();
+            // The same TAP name and addresses in both namespaces: only
+            // flint's own wiring keeps the two apart.
+            ns.add_tap("tap0", &format!("{HOST0}/24"));
+            let disk = std::env::temp_dir().join(format!("flint-net-{}-vm{i}.ext4", std::process::id()));
+            std::fs::copy(&rootfs, &disk).unwrap();
+            let cl = cmdline(&format!("init=/pause {IP_ETH0}"));
+            let vm = ns.spawn_flint(&[
+                "--kernel",
+                kernel.to_str().unwrap(),
+                "--cmdline",
+                &cl,
+                "--drive",
+                &format!("path={},root=on", disk.display()),
+                "--net",
+                &format!("tap=tap0,mac={mac}"),
+                "--shutdown-timeout",
+                "180",
+            ]);
+            (ns, disk, vm)
+        })
+        .collect();
+    let mut vms = vms;
+    for (_, _, vm) in vms.iter_mut() {
+        vm.wait_for("Run /pause as init process", boot_deadline());
+    }
+    for ((ns, _, vm), mac) in vms.iter().zip(macs) {
+        assert!(vm.output().contains("VFS: Mounted root (ext4 filesystem)"), "{}", vm.output());
+        ping_all(ns, GUEST0, 20, 56);
+        assert_eq!(ns.neighbour(GUEST0, "tap0").as_deref(), Some(mac));
+    }
+    // The first one ends; the second goes on answering.
+    let (ns0, disk0, mut vm0) = vms.remove(0);
+    stop_with_sigterm(&mut vm0);
+    ping_all(&vms[0].0, GUEST0, 20, 56);
+    stop_with_sigterm(&mut vms[0].2);
+    drop(ns0);
+    for disk in [disk0, vms[0].1.clone()] {
+        let out = Command::new("e2fsck").arg("-fn").arg(&disk).output().unwrap();
+        assert!(out.status.success(), "{}: {out:?}", disk.display());
+        std::fs::remove_file(disk).unwrap();
+    }
+}
