@@ -68,7 +68,9 @@ fn files_written_in_the_lab_are_on_the_host_when_it_returns() {
 
 #[test]
 fn a_timeout_stops_the_lab_and_says_what_was_running() {
-    let (out, took) = lab_run(&[
+    // (How long this takes is not checked: another test's lab run may hold
+    // the one-lab-at-a-time lock first; the timeout starts with the VM.)
+    let (out, _) = lab_run(&[
         "--timeout",
         "45",
         "--",
@@ -83,7 +85,6 @@ fn a_timeout_stops_the_lab_and_says_what_was_running() {
         stderr.contains("lab: timeout: sh -c 'echo started; exec sleep 1000' still running after 45 s"),
         "{stderr}"
     );
-    assert!(took < Duration::from_secs(120), "took {took:?}");
 }
 
 #[test]

@@ -9,9 +9,10 @@
 //! On a kvm_pvm host the guest's user space cannot make system calls, so the
 //! guest is the kernel alone: `rdinit=/pause` keeps it alive, `ip=`
 //! configures the interface, the kernel answers ARP and ping and sends its
-//! log with netconsole. The TCP transfer needs guest user space and runs on
-//! hardware KVM only. These tests need root (namespaces, TAPs) and `ip`
-//! and `ping` from iproute2 and iputils.
+//! log with netconsole. The TCP transfer needs guest user space: on a kvm_pvm
+//! host it re-runs itself inside the lab VM (`common::ran_in_lab`). These
+//! tests need root (namespaces, TAPs) and `ip` and `ping` from iproute2 and
+//! iputils.
 
 mod common;
 
