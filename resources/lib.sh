@@ -116,6 +116,17 @@ cache_enter() {
 	return 1
 }
 
+# cache_stage WORKNAME: for the entry being built (cache_enter returned 1),
+# make its staging directory $stage and a scratch directory $work (under
+# FLINT_TMPDIR, TMPDIR or /tmp); both are removed when the script exits.
+cache_stage() {
+	stage=$(mktemp -d "$cache_dir/.tmp-$key.XXXXXX")
+	work=$(mktemp -d "${FLINT_TMPDIR:-${TMPDIR:-/tmp}}/$1.XXXXXX")
+	trap 'rm -rf "$stage" "$work"' EXIT
+	trap 'exit 130' INT HUP
+	trap 'exit 143' TERM
+}
+
 # cache_publish STAGING FINAL: move a completely built entry into place.
 # rename(2) of a directory is atomic, so FINAL either does not exist or is
 # complete; an interrupted build leaves at most a .tmp-* directory behind,

@@ -58,11 +58,7 @@ need_file /usr/include/gelf.h libelf-dev
 need_file /usr/include/openssl/opensslv.h libssl-dev
 install_missing
 
-stage=$(mktemp -d "$cache_dir/.tmp-$key.XXXXXX")
-work=$(mktemp -d "${FLINT_TMPDIR:-${TMPDIR:-/tmp}}/flint-kernel.XXXXXX")
-trap 'rm -rf "$stage" "$work"' EXIT
-trap 'exit 130' INT HUP
-trap 'exit 143' TERM
+cache_stage flint-kernel
 
 log "building kernel $key in $work (make -j$JOBS)"
 start=$(date +%s)

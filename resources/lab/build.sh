@@ -54,11 +54,7 @@ if cache_enter lab "$manifest"; then
 	exit 0
 fi
 
-stage=$(mktemp -d "$cache_dir/.tmp-$key.XXXXXX")
-work=$(mktemp -d "${TMPDIR:-/tmp}/flint-lab-build.XXXXXX")
-trap 'rm -rf "$stage" "$work"' EXIT
-trap 'exit 130' INT HUP
-trap 'exit 143' TERM
+cache_stage flint-lab-build
 log "building lab $key: $pkg $ver"
 
 (cd "$work" && apt-get download "$pkg=$ver" >&2) || die "apt-get download $pkg=$ver failed"

@@ -50,11 +50,7 @@ if cache_enter rootfs "$manifest"; then
 	exit 0
 fi
 
-stage=$(mktemp -d "$cache_dir/.tmp-$key.XXXXXX")
-work=$(mktemp -d "${TMPDIR:-/tmp}/flint-rootfs.XXXXXX")
-trap 'rm -rf "$stage" "$work"' EXIT
-trap 'exit 130' INT HUP
-trap 'exit 143' TERM
+cache_stage flint-rootfs
 log "building rootfs $key"
 
 # --- /pause: a static binary that never makes a system call ---------------
