@@ -69,6 +69,10 @@ fn init_runs_a_command_and_ends_the_vm() {
     let status = vm.wait_exit(Duration::from_secs(60));
     let out = vm.output();
     assert_eq!(status.code(), Some(0), "{out}");
+    assert!(
+        out.lines().any(|l| l.trim_end() == "flint-says-42"),
+        "the command's output is not a line of its own:\n{out}"
+    );
     let timer = out
         .lines()
         .find(|l| l.starts_with("flint: boot-phase boot-timer "))
