@@ -45,25 +45,39 @@ fn status_stdout_stderr_working_directory_and_environment_come_through() {
     assert!(stderr.contains("err-1\n"), "{context}");
     assert!(!stderr.contains("out-"), "{context}");
     // The lab kernel's own messages stay in its console log.
-    assert!(!stdout.contains("Linux version") && !stderr.contains("Linux version"), "{context}");
+    assert!(
+        !stdout.contains("Linux version") && !stderr.contains("Linux version"),
+        "{context}"
+    );
 }
 
 #[test]
 fn files_written_in_the_lab_are_on_the_host_when_it_returns() {
     let path = std::env::temp_dir().join(format!("flint-lab-test-{}.bin", std::process::id()));
-    let cmd = format!("head -c 1048576 /dev/urandom > {0} && sha256sum {0}", path.display());
+    let cmd = format!(
+        "head -c 1048576 /dev/urandom > {0} && sha256sum {0}",
+        path.display()
+    );
     let (out, _) = lab_run(&["--", "sh", "-c", &cmd]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let data = std::fs::read(&path).expect("the file the lab wrote");
     std::fs::remove_file(&path).unwrap();
     assert_eq!(data.len(), 1 << 20);
-    let host = Command::new("sha256sum").arg("-").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn();
+    let host = Command::new("sha256sum")
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn();
     let mut host = host.unwrap();
     use std::io::Write;
     host.stdin.take().unwrap().write_all(&data).unwrap();
     let sum = text(&host.wait_with_output().unwrap().stdout);
     let sum = sum.split_whitespace().next().unwrap().to_string();
-    assert!(text(&out.stdout).starts_with(&sum), "{} vs {sum}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).starts_with(&sum),
+        "{} vs {sum}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
@@ -79,10 +93,16 @@ fn a_timeout_stops_the_lab_and_says_what_was_running() {
         "echo started; exec sleep 1000",
     ]);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert_eq!(out.status.code(), Some(124), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(124),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     assert_eq!(stdout, "started\n", "{stderr}");
     assert!(
-        stderr.contains("lab: timeout: sh -c 'echo started; exec sleep 1000' still running after 45 s"),
+        stderr.contains(
+            "lab: timeout: sh -c 'echo started; exec sleep 1000' still running after 45 s"
+        ),
         "{stderr}"
     );
 }
@@ -92,13 +112,19 @@ fn a_command_that_cannot_start_is_reported() {
     let (out, _) = lab_run(&["--", "no-such-command-flint", "x"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(127), "{stderr}");
-    assert!(stderr.contains("lab: no-such-command-flint: command not found"), "{stderr}");
+    assert!(
+        stderr.contains("lab: no-such-command-flint: command not found"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn bad_usage_is_refused_before_anything_starts() {
     for (args, needle) in [
-        (&["--cpus", "0", "--", "true"][..], "not a positive number: 0"),
+        (
+            &["--cpus", "0", "--", "true"][..],
+            "not a positive number: 0",
+        ),
         (&["--bogus", "--", "true"][..], "unknown option --bogus"),
         (&[][..], "no command given"),
     ] {

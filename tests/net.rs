@@ -872,7 +872,8 @@ fn two_vms_at_once_each_with_its_own_disk_and_tap_do_not_disturb_each_other() {
             // The same TAP name and addresses in both namespaces: only
             // flint's own wiring keeps the two apart.
             ns.add_tap("tap0", &format!("{HOST0}/24"));
-            let disk = std::env::temp_dir().join(format!("flint-net-{}-vm{i}.ext4", std::process::id()));
+            let disk =
+                std::env::temp_dir().join(format!("flint-net-{}-vm{i}.ext4", std::process::id()));
             std::fs::copy(&rootfs, &disk).unwrap();
             let cl = cmdline(&format!("init=/pause {IP_ETH0}"));
             let vm = ns.spawn_flint(&[
@@ -895,7 +896,11 @@ fn two_vms_at_once_each_with_its_own_disk_and_tap_do_not_disturb_each_other() {
         vm.wait_for("Run /pause as init process", boot_deadline());
     }
     for ((ns, _, vm), mac) in vms.iter().zip(macs) {
-        assert!(vm.output().contains("VFS: Mounted root (ext4 filesystem)"), "{}", vm.output());
+        assert!(
+            vm.output().contains("VFS: Mounted root (ext4 filesystem)"),
+            "{}",
+            vm.output()
+        );
         ping_all(ns, GUEST0, 20, 56);
         assert_eq!(ns.neighbour(GUEST0, "tap0").as_deref(), Some(mac));
     }
@@ -906,7 +911,11 @@ fn two_vms_at_once_each_with_its_own_disk_and_tap_do_not_disturb_each_other() {
     stop_with_sigterm(&mut vms[0].2);
     drop(ns0);
     for disk in [disk0, vms[0].1.clone()] {
-        let out = Command::new("e2fsck").arg("-fn").arg(&disk).output().unwrap();
+        let out = Command::new("e2fsck")
+            .arg("-fn")
+            .arg(&disk)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}: {out:?}", disk.display());
         std::fs::remove_file(disk).unwrap();
     }

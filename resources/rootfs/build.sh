@@ -5,7 +5,8 @@
 # (these two lines are the only stdout; progress goes to stderr).
 #
 # Contents: Debian's static busybox with its applet symlinks, /init (the
-# script rootfs/init; /sbin/init links to it) and /pause (rootfs/pause.S).
+# script rootfs/init; /sbin/init links to it), /etc/profile (rootfs/profile)
+# and /pause (rootfs/pause.S).
 # Needs no root privileges (except to apt-get install missing tools):
 # ownership in both images is 0:0 whoever builds them. Environment:
 #   FLINT_CACHE    cache root (default /var/cache/flint)
@@ -36,7 +37,7 @@ need_cmd flock util-linux
 install_missing
 
 manifest=$(cache_manifest \
-	file:rootfs/build.sh file:rootfs/init file:rootfs/pause.S file:lib.sh \
+	file:rootfs/build.sh file:rootfs/init file:rootfs/profile file:rootfs/pause.S file:lib.sh \
 	pkg:busybox-static pkg:e2fsprogs pkg:cpio \
 	text:"gcc $(gcc --version | head -n1)" \
 	text:"ld $(ld --version | head -n1)")
@@ -85,6 +86,7 @@ for applet in sh mount devmem sync poweroff reboot; do
 done
 /bin/busybox sh -n "$HERE/init" || die "rootfs/init: syntax error"
 install -m 0755 "$HERE/init" "$tree/init"
+install -m 0644 "$HERE/profile" "$tree/etc/profile"
 ln -sfn /init "$tree/sbin/init" # replaces busybox's init applet
 install -m 0755 "$work/pause" "$tree/pause"
 find "$tree" -exec touch -h -d "@$EPOCH" {} +
