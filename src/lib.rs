@@ -4,13 +4,16 @@
 //! [`vmm::run`] builds the VM from it and runs it until the guest ends.
 
 pub mod boot;
+pub mod builder;
 pub mod config;
 pub mod console;
 pub mod control;
 pub mod device_manager;
 pub mod host;
+pub mod layout;
 pub mod logger;
 pub mod memory;
+pub mod metrics;
 pub mod teardown;
 pub mod terminal;
 pub mod timer;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use flint::builder::VmResources;
 use flint::config::{self, Overrides};
 use flint::control::Outcome;
 use flint::timer::{self, Phase};
@@ -84,7 +85,8 @@ struct Cli {
     log_level: log::LevelFilter,
 }
 
-fn load_config(cli: &Cli) -> Result<config::VmConfig, config::Error> {
+/// The VM as the config file and the flags describe it.
+fn load_resources(cli: &Cli) -> Result<VmResources, config::Error> {
     let file = match &cli.config_file {
         Some(p) => config::load_file(p)?,
         None => config::FileConfig::default(),
@@ -101,22 +103,21 @@ fn load_config(cli: &Cli) -> Result<config::VmConfig, config::Error> {
         .enumerate()
         .map(|(i, n)| config::parse_net_flag(n, file.network_interfaces.len() + i))
         .collect::<Result<Vec<_>, _>>()?;
-    config::resolve(
-        file,
-        Overrides {
-            kernel: cli.kernel.clone(),
-            initrd: cli.initrd.clone(),
-            cmdline: cli.cmdline.clone(),
-            vcpus: cli.vcpus,
-            mem_mib: cli.memory,
-            drives,
-            nets,
-        },
-    )
+    let mut resources = VmResources::from_file(file)?;
+    resources.apply_flags(Overrides {
+        kernel: cli.kernel.clone(),
+        initrd: cli.initrd.clone(),
+        cmdline: cli.cmdline.clone(),
+        vcpus: cli.vcpus,
+        mem_mib: cli.memory,
+        drives,
+        nets,
+    });
+    Ok(resources)
 }
 
 fn run(cli: &Cli) -> u8 {
-    let cfg = match load_config(cli) {
+    let cfg = match load_resources(cli).and_then(|r| r.build()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("flint: {e}");

@@ -171,6 +171,18 @@ impl MmioTransport {
     }
 
     /// The interrupt whose EventFd the VMM registers as an irqfd.
+    /// The device's configuration space changed (a drive got a new size):
+    /// bump ConfigGeneration and, once the driver runs the device, raise a
+    /// configuration-change interrupt (virtio 1.2, section 2.5.1).
+    pub fn config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.status & STATUS_DRIVER_OK != 0 {
+            if let Err(e) = self.interrupt.trigger(INT_CONFIG) {
+                error!("virtio-mmio: cannot signal a configuration change: {e}");
+            }
+        }
+    }
+
     pub fn interrupt(&self) -> &Arc<Interrupt> {
         &self.interrupt
     }

@@ -134,6 +134,44 @@ impl Block {
         })
     }
 
+    /// Serve another image from now on (Firecracker's PATCH /drives):
+    /// same read-only mode, new size. Requests already taken finish on the
+    /// old file first. The caller tells the driver (a configuration-change
+    /// interrupt) so it reads the new capacity.
+    pub fn swap_backing(&mut self, path: &Path) -> Result<(), BlockError> {
+        let file = open_image(path, self.disk.read_only)?;
+        let meta = file.metadata().map_err(|source| BlockError::Metadata {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Err(BlockError::NotAFile {
+                path: path.to_path_buf(),
+            });
+        }
+        let size = meta.len();
+        if size % SECTOR_SIZE != 0 {
+            return Err(BlockError::UnalignedSize {
+                path: path.to_path_buf(),
+                size,
+            });
+        }
+        // Requests already handed to the host finish on the old file; they
+        // are answered below, after the swap.
+        if !self.engine.finish_in_flight(&mut self.done) || self.engine.replace_file(file).is_err()
+        {
+            return Err(BlockError::Busy {
+                path: self.path.clone(),
+            });
+        }
+        self.disk.capacity = size;
+        self.config[CAPACITY_OFFSET..CAPACITY_OFFSET + 8]
+            .copy_from_slice(&(size / SECTOR_SIZE).to_le_bytes());
+        self.path = path.to_path_buf();
+        self.process_completions();
+        Ok(())
+    }
+
     /// The image this device serves.
     pub fn path(&self) -> &Path {
         &self.path

@@ -87,6 +87,8 @@ pub enum BlockError {
     UnalignedSize { path: PathBuf, size: u64 },
     #[error("could not create the queue EventFd of disk {path}: {source}")]
     EventFd { path: PathBuf, source: io::Error },
+    #[error("disk image {path}: requests in flight cannot be waited for; try again")]
+    Busy { path: PathBuf },
 }
 
 /// What the device has done since it was built, for the VMM to print.
