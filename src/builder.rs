@@ -18,7 +18,7 @@ use crate::config::{
 };
 
 /// `PATCH /machine-config`: only the fields given change.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MachinePatch {
     pub vcpu_count: Option<u64>,

@@ -3,6 +3,7 @@
 //! [`config`] turns a JSON file and flags into a [`config::VmConfig`];
 //! [`vmm::run`] builds the VM from it and runs it until the guest ends.
 
+pub mod api;
 pub mod boot;
 pub mod builder;
 pub mod config;

@@ -14,7 +14,7 @@
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use log::{error, warn};
+use log::error;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -203,7 +203,8 @@ impl MmioTransport {
 
     fn violation(&mut self, what: &str, offset: u64, value: u32) {
         self.protocol_errors += 1;
-        warn!(
+        crate::rate_limited!(
+            warn,
             "virtio-mmio (device type {}): ignored {what} at {offset:#x} (value {value:#x}, status {:#x})",
             self.device_type, self.status
         );

@@ -5,7 +5,7 @@
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 
-use log::{error, warn};
+use log::error;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestMemoryBackend};
 
@@ -35,7 +35,7 @@ impl Block {
         loop {
             if let Err(e) = act.queue.disable_notification(&act.mem) {
                 self.broken = true;
-                error!("disk {}: queue unusable: {e}", self.path.display());
+                crate::rate_limited!(error, "disk {}: queue unusable: {e}", self.path.display());
                 break;
             }
             while self.engine.has_room() {
@@ -47,7 +47,11 @@ impl Block {
                     Parsed::Broken { head, why } => {
                         self.counters.broken_chains += 1;
                         if worth_logging(self.counters.broken_chains) {
-                            warn!("disk {}: broken request: {why}", self.path.display());
+                            crate::rate_limited!(
+                                warn,
+                                "disk {}: broken request: {why}",
+                                self.path.display()
+                            );
                         }
                         add_used(act, head, 0);
                         added += 1;
@@ -60,7 +64,11 @@ impl Block {
                         count_kind(&mut self.counters, pending.kind);
                         if let Some(why) = why {
                             if worth_logging(self.counters.errors + 1) {
-                                warn!("disk {}: refused request: {why}", self.path.display());
+                                crate::rate_limited!(
+                                    warn,
+                                    "disk {}: refused request: {why}",
+                                    self.path.display()
+                                );
                             }
                         }
                         finish(act, &mut self.counters, pending, status);
@@ -97,7 +105,11 @@ impl Block {
                 Ok(true) => {}
                 Err(e) => {
                     self.broken = true;
-                    error!("disk {}: queue unusable: {e}", self.path.display());
+                    crate::rate_limited!(
+                        error,
+                        "disk {}: queue unusable: {e}",
+                        self.path.display()
+                    );
                     break;
                 }
             }
