@@ -235,6 +235,7 @@ fn apply_log_and_metrics_flags(cli: &Cli, st: &mut ApiState) -> Result<(), Strin
 
 /// Build and start the VM the resources describe.
 fn start_vm(st: &mut ApiState, opts: &RunOptions) -> Result<Vmm, String> {
+    log::info!("InstanceStart: building the VM");
     let cfg = st.resources.build().map_err(|e| match e {
         config::Error::NoKernel => "no kernel: PUT /boot-source first".to_string(),
         e => e.to_string(),

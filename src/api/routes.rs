@@ -56,7 +56,16 @@ fn parse_body<T: DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, String>
     } else {
         return Err(format!("{what}: the body must be a JSON object"));
     }
-    serde_json::from_value(v).map_err(|e| format!("{what}: {e}"))
+    // The path names the field a type error is about ("mem_size_mib:
+    // invalid type..."); serde_json alone only says what it expected.
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." || path.is_empty() {
+            format!("{what}: {}", e.inner())
+        } else {
+            format!("{what}: {path}: {}", e.inner())
+        }
+    })
 }
 
 fn check_ids(what: &str, field: &str, path_id: &str, body_id: &str) -> Result<(), String> {
