@@ -243,7 +243,8 @@ pub fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// How a guest flush reaches the host.
+/// How a guest flush reaches the host. The one default for every way a
+/// drive is described (flags, file, API) is `Unsafe`, as Firecracker's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum CacheType {
     /// Flushes are acknowledged without touching the host file.
@@ -470,8 +471,8 @@ pub fn parse_drive_flag(value: &str, index: usize) -> Result<DriveConfig, Error>
         path_on_host: PathBuf::new(),
         is_root_device: false,
         is_read_only: false,
-        cache_type: CacheType::Unsafe,
-        io_engine: IoEngine::Sync,
+        cache_type: CacheType::default(),
+        io_engine: IoEngine::default(),
     };
     for (k, v) in key_values(F, value)? {
         match k {

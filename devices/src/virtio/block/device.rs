@@ -23,8 +23,8 @@ use super::{
     BlockConfig, BlockCounters, BlockError, EngineType, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE,
 };
 use crate::virtio::{
-    read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
+    check_queues, read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 
 const CAPACITY_OFFSET: usize = offset_of!(virtio_blk_config, capacity);
@@ -334,6 +334,7 @@ impl VirtioDevice for Block {
                 want: 1,
             });
         }
+        check_queues(&queues, &mem)?;
         let mut queue = queues.remove(0);
         queue.set_event_idx(self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
         self.quiesce();

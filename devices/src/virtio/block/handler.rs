@@ -13,7 +13,7 @@ use super::device::{Active, Block};
 use super::engine::Completion;
 use super::request::{self, Kind, Parsed, Pending, STATUS_IOERR, STATUS_OK};
 use super::BlockCounters;
-use crate::virtio::INT_VRING;
+use crate::virtio::notify_used;
 
 /// A guest can cause one log line per bad request; keep the first few and
 /// then every power of two.
@@ -215,12 +215,7 @@ fn signal(act: &mut Active, added: usize, counters: &mut BlockCounters) {
     if added == 0 {
         return;
     }
-    // On error, interrupt anyway: a spurious interrupt costs less than a
-    // lost one.
-    if act.queue.needs_notification(&act.mem).unwrap_or(true) {
+    if notify_used(&mut act.queue, &act.mem, &act.interrupt, "virtio-blk") {
         counters.interrupts += 1;
-        if let Err(e) = act.interrupt.trigger(INT_VRING) {
-            error!("virtio-blk: cannot interrupt the guest: {e}");
-        }
     }
 }

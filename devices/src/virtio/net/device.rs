@@ -22,7 +22,7 @@ use super::{
     QUEUE_SIZE, RX_INDEX, TX_INDEX, VNET_HDR_LEN, VNET_HDR_LEN_LEGACY,
 };
 use crate::virtio::{
-    read_config_bytes, ActivateError, Interrupt, VirtioDevice, INT_VRING, TYPE_NET,
+    check_queues, notify_used, read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_NET,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 
@@ -230,15 +230,7 @@ impl Net {
 /// Interrupt the guest if it asked to hear about these used buffers
 /// (EVENT_IDX makes that a real question).
 fn signal_used(queue: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt, name: &str) {
-    match queue.needs_notification(mem) {
-        Ok(false) => {}
-        Ok(true) => {
-            if let Err(e) = interrupt.trigger(INT_VRING) {
-                log::error!("net: cannot signal the {name} queue interrupt: {e}");
-            }
-        }
-        Err(e) => log::error!("net: cannot read the {name} queue's used_event: {e}"),
-    }
+    notify_used(queue, mem, interrupt, &format!("net {name} queue"));
 }
 
 impl VirtioDevice for Net {
@@ -294,11 +286,8 @@ impl VirtioDevice for Net {
         let Ok([mut rx, mut tx]) = <[Queue; 2]>::try_from(queues) else {
             return Err(ActivateError::QueueCount { got, want: 2 });
         };
-        for (i, q) in [(RX_INDEX, &rx), (TX_INDEX, &tx)] {
-            if !q.is_valid(&mem) {
-                return Err(ActivateError::InvalidQueue(i));
-            }
-        }
+        // Indices in the array are RX_INDEX and TX_INDEX.
+        check_queues([&rx, &tx], &mem)?;
         let event_idx = self.has_feature(VIRTIO_RING_F_EVENT_IDX);
         rx.set_event_idx(event_idx);
         tx.set_event_idx(event_idx);
