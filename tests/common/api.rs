@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{spawn, Running};
+use super::{artifact, cmdline, spawn, Running};
+use serde_json::json;
 
 /// A socket path of its own for each flint a test starts.
 pub fn socket_path(tag: &str) -> PathBuf {
@@ -330,5 +331,56 @@ pub fn check_against_spec(method: &str, path: &str, r: &Reply) {
             r.header("content-length").is_none() || r.header("content-length") == Some("0"),
             "{r:?}"
         );
+    }
+}
+
+/// A scratch file removed on drop.
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    pub fn new(tag: &str, contents: &[u8]) -> TempFile {
+        let p = std::env::temp_dir().join(format!("flint-api-{}-{tag}", std::process::id()));
+        std::fs::write(&p, contents).unwrap();
+        TempFile(p)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A disk image of `mib` MiB starting with `tag`.
+pub fn image(name: &str, mib: usize, tag: &[u8]) -> TempFile {
+    let mut data = vec![0u8; mib << 20];
+    data[..tag.len()].copy_from_slice(tag);
+    TempFile::new(name, &data)
+}
+
+pub fn boot_source(extra: &str) -> String {
+    json!({
+        "kernel_image_path": artifact("kernel"),
+        "initrd_path": artifact("initrd"),
+        "boot_args": cmdline(extra),
+    })
+    .to_string()
+}
+
+/// Each case: method, path, body, and what the fault message must contain.
+pub fn expect_faults(c: &mut Client, cases: &[(&str, &str, &str, &[&str])]) {
+    for (method, path, body, needles) in cases {
+        let r = c.call(method, path, Some(body));
+        let msg = r.fault();
+        for n in *needles {
+            assert!(
+                msg.contains(n),
+                "{method} {path} {body}: {msg:?} lacks {n:?}"
+            );
+        }
     }
 }
