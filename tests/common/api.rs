@@ -14,11 +14,26 @@ use serde_json::Value;
 use super::{artifact, cmdline, spawn, Running};
 use serde_json::json;
 
+/// Where API sockets go: `FLINT_TEST_SOCKET_DIR`, else /run (a tmpfs on
+/// the host and in the lab VM, where the 9p share cannot hold sockets),
+/// else the temporary directory.
+fn socket_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("FLINT_TEST_SOCKET_DIR") {
+        return PathBuf::from(d);
+    }
+    let run = Path::new("/run");
+    // SAFETY: access only reads the NUL-terminated path given.
+    if unsafe { libc::access(c"/run".as_ptr(), libc::W_OK) } == 0 && run.is_dir() {
+        return run.to_path_buf();
+    }
+    std::env::temp_dir()
+}
+
 /// A socket path of its own for each flint a test starts.
 pub fn socket_path(tag: &str) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let p = PathBuf::from(format!(
-        "/tmp/flint-api-{}-{tag}-{}.sock",
+    let p = socket_dir().join(format!(
+        "flint-api-{}-{tag}-{}.sock",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
