@@ -215,7 +215,7 @@ impl Drop for ApiVm {
     }
 }
 
-fn spec() -> &'static Value {
+pub fn spec() -> &'static Value {
     static SPEC: OnceLock<Value> = OnceLock::new();
     SPEC.get_or_init(|| {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api/openapi.json");
@@ -242,7 +242,7 @@ fn template_for(path: &str) -> Option<String> {
         .cloned()
 }
 
-fn resolve(v: &Value) -> &Value {
+pub fn resolve(v: &Value) -> &Value {
     match v.get("$ref").and_then(Value::as_str) {
         Some(r) => {
             let mut cur = spec();
