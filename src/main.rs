@@ -233,11 +233,12 @@ fn apply_log_and_metrics_flags(cli: &Cli, st: &mut ApiState) -> Result<(), Strin
     Ok(())
 }
 
-/// Build and start the VM the resources describe.
-fn start_vm(st: &mut ApiState, opts: &RunOptions) -> Result<Vmm, String> {
+/// Build and start the VM the resources describe; `over_api` words a
+/// missing kernel for an API client.
+fn start_vm(st: &mut ApiState, opts: &RunOptions, over_api: bool) -> Result<Vmm, String> {
     log::info!("InstanceStart: building the VM");
     let cfg = st.resources.build().map_err(|e| match e {
-        config::Error::NoKernel => "no kernel: PUT /boot-source first".to_string(),
+        config::Error::NoKernel if over_api => "no kernel: PUT /boot-source first".to_string(),
         e => e.to_string(),
     })?;
     let mut vmm = Vmm::build(&cfg, opts).map_err(|e| e.to_string())?;
@@ -274,7 +275,7 @@ fn run_api(cli: &Cli, sock: &Path, mut st: ApiState) -> u8 {
         let _ = std::fs::remove_file(sock);
     };
     let mut vmm = if cli.config_file.is_some() {
-        match start_vm(&mut st, &opts) {
+        match start_vm(&mut st, &opts, false) {
             Ok(v) => v,
             Err(e) => {
                 eprintln!("flint: {e}");
@@ -285,7 +286,7 @@ fn run_api(cli: &Cli, sock: &Path, mut st: ApiState) -> u8 {
     } else {
         loop {
             match handler::serve_until_start(&chan, &mut st, &mut signals) {
-                StartWait::Start(reply) => match start_vm(&mut st, &opts) {
+                StartWait::Start(reply) => match start_vm(&mut st, &opts, true) {
                     Ok(v) => {
                         let _ = reply.send(Response::NoContent);
                         break v;
