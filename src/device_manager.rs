@@ -6,7 +6,7 @@ use std::io::Stdout;
 use std::sync::{Arc, Mutex};
 
 use devices::bus::lock;
-use devices::legacy::{Cmos, I8042Device, SerialDevice, CMOS_BASE, CMOS_PORT_LEN};
+use devices::legacy::{Cmos, I8042Device, SerialDevice};
 use devices::virtio::block::Block;
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::net::Net;
@@ -17,8 +17,8 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::console::ConsoleOut;
 use crate::layout::{
-    COM1_IRQ, COM1_PORT, COM1_PORT_LEN, FIRST_VIRTIO_IRQ, I8042_IRQ, I8042_PORT, I8042_PORT_LEN,
-    LAST_IRQ, QUEUE_NOTIFY_OFFSET, VIRTIO_MMIO_SIZE,
+    CMOS_BASE, CMOS_PORT_LEN, COM1_IRQ, COM1_PORT, COM1_PORT_LEN, FIRST_VIRTIO_IRQ, I8042_IRQ,
+    I8042_PORT, I8042_PORT_LEN, LAST_IRQ, QUEUE_NOTIFY_OFFSET, VIRTIO_MMIO_SIZE,
 };
 use crate::memory::{BOOT_TIMER_ADDR, BOOT_TIMER_MAGIC, VIRTIO_MMIO_START};
 use crate::timer::{self, Phase};

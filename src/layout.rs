@@ -1,14 +1,13 @@
 //! Where flint's devices sit: port numbers, interrupt lines and the size of
-//! a virtio-mmio window. The memory map itself is in [`crate::memory`].
+//! a virtio-mmio window, in one place. The legacy devices define their own
+//! standard PC addresses (devices::legacy); the VMM takes them from there
+//! rather than repeating them. The memory map itself is in [`crate::memory`].
 
-/// COM1, the guest console.
-pub const COM1_PORT: u64 = 0x3f8;
-pub const COM1_PORT_LEN: u64 = 8;
-pub const COM1_IRQ: u32 = 4;
-/// The i8042 keyboard controller (data 0x60, command/status 0x64).
-pub const I8042_PORT: u64 = 0x60;
-pub const I8042_PORT_LEN: u64 = 5;
-pub const I8042_IRQ: u32 = 1;
+pub use devices::legacy::{
+    CMOS_BASE, CMOS_PORT_LEN, COM1_BASE as COM1_PORT, COM1_IRQ, I8042_BASE as I8042_PORT,
+    I8042_KBD_IRQ as I8042_IRQ, I8042_PORT_LEN, SERIAL_PORT_LEN as COM1_PORT_LEN,
+};
+
 /// IOAPIC input pins; the MP table lists one ISA interrupt per pin.
 pub const IOAPIC_PINS: u8 = 24;
 /// virtio devices take IOAPIC pins from here to the last one.
@@ -18,3 +17,7 @@ pub const LAST_IRQ: u32 = IOAPIC_PINS as u32 - 1;
 pub const VIRTIO_MMIO_SIZE: u64 = devices::virtio::mmio::MMIO_WINDOW_SIZE;
 /// Where the VMM's queue-notify ioeventfds go in a window.
 pub const QUEUE_NOTIFY_OFFSET: u64 = devices::virtio::mmio::QUEUE_NOTIFY;
+
+// virtio lines must stay clear of the legacy ones and inside the IOAPIC.
+const _: () = assert!(FIRST_VIRTIO_IRQ > COM1_IRQ && FIRST_VIRTIO_IRQ > I8042_IRQ);
+const _: () = assert!(LAST_IRQ < IOAPIC_PINS as u32);
