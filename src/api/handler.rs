@@ -68,7 +68,11 @@ impl ApiState {
     pub fn set_logger(&mut self, cfg: LoggerConfig) -> Result<(), String> {
         logger::configure(&logger::Settings {
             path: cfg.log_path.clone(),
-            level: cfg.level.clone(),
+            // Firecracker's default level for a log file is Info.
+            level: cfg
+                .level
+                .clone()
+                .or_else(|| cfg.log_path.as_ref().map(|_| "Info".to_string())),
             show_level: cfg.show_level,
             show_origin: cfg.show_log_origin,
             instance_id: self.instance_id.clone(),
@@ -352,6 +356,32 @@ mod tests {
             r#"{"action_type": "InstanceStart"}"#,
         );
         assert_eq!(r, Response::fault("START"));
+    }
+
+    #[test]
+    fn logger_writes_the_file_with_id_and_level() {
+        let p = std::env::temp_dir().join(format!("flint-api-log-{}", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        let mut st = ApiState::new(VmResources::default(), "log-vm".into());
+        let body = format!(r#"{{"log_path": "{}", "show_level": true}}"#, p.display());
+        assert_eq!(pre(&mut st, "PUT", "/logger", &body), Response::NoContent);
+        log::info!("a line for the file");
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            text.contains("[log-vm] [info] a line for the file"),
+            "{text:?}"
+        );
+        let r = pre(
+            &mut st,
+            "PUT",
+            "/logger",
+            r#"{"log_path": "/nonexistent/d/f.log"}"#,
+        );
+        assert!(
+            matches!(&r, Response::Fault(m) if m.contains("/nonexistent/d/f.log")),
+            "{r:?}"
+        );
+        std::fs::remove_file(&p).unwrap();
     }
 
     #[test]
