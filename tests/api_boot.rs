@@ -132,10 +132,11 @@ fn go_sdk_order_boots_to_init_and_runs_a_command() {
     }
     let disk = image("gosdk-user.img", 4, b"");
     let (mut api, _c, metrics, _log) =
-        go_sdk_sequence("gosdk-user", "flint.cmd=echo,api-guest-says-hello", &disk);
+        go_sdk_sequence("gosdk-user", "flint.cmd=echo,api-guest,says-hello", &disk);
     api.vm
         .wait_for("flint-guest: init reached", boot_deadline());
-    api.vm.wait_for("api-guest-says-hello", boot_deadline());
+    // Not the kernel echoing its command line: the words come apart there.
+    api.vm.wait_for("api-guest says-hello", boot_deadline());
     api.vm.wait_for("flint-guest: cmd exit 0", boot_deadline());
     let status = api.vm.wait_exit(Duration::from_secs(60));
     assert_eq!(status.code(), Some(0), "{}", api.vm.output());
@@ -343,7 +344,7 @@ fn drive_swap_shows_the_new_size_and_content_to_guest_user_space() {
         "PUT",
         "/boot-source",
         &boot_source(
-            "flint.cmd=head,-c,12,/dev/vda;echo;echo,waiting-for-swap;\
+            "flint.cmd=head,-c,12,/dev/vda;echo;echo,waiting-for,swap;\
              while,[,$(cat,/sys/block/vda/size),=,8192,];do,sleep,0.1;done;\
              echo,size-$(cat,/sys/block/vda/size);head,-c,12,/dev/vda;echo",
         ),
@@ -357,8 +358,10 @@ fn drive_swap_shows_the_new_size_and_content_to_guest_user_space() {
     );
     c.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
     let mut api = api;
-    api.vm.wait_for("waiting-for-swap", boot_deadline());
-    assert!(api.vm.output().contains("OLD-CONTENT!"));
+    // "waiting-for swap", not the kernel's echo of "waiting-for,swap".
+    api.vm.wait_for("waiting-for swap", boot_deadline());
+    let out = api.vm.output();
+    assert!(out.contains("OLD-CONTENT!"), "{out}");
     c.ok(
         "PATCH",
         "/drives/data",

@@ -181,6 +181,18 @@ impl ApiVm {
         api
     }
 
+    /// As [`ApiVm::start`], with flint's working directory `cwd` (where
+    /// relative paths in requests land).
+    pub fn start_in(tag: &str, cwd: &Path, args: &[&str]) -> ApiVm {
+        let sock = socket_path(tag);
+        let mut cmd = std::process::Command::new(super::FLINT);
+        cmd.arg("--api-sock").arg(&sock).args(args).current_dir(cwd);
+        let vm = super::spawn_command(cmd);
+        let mut api = ApiVm { vm, sock };
+        api.wait_ready(Duration::from_secs(10));
+        api
+    }
+
     /// Poll GET /machine-config until it answers, as firecracker-go-sdk
     /// does; returns how long that took.
     pub fn wait_ready(&mut self, timeout: Duration) -> Duration {
