@@ -7,6 +7,7 @@
 //! Queue work runs on the VMM's event loop: each device is also an
 //! `event_manager::MutEventSubscriber`.
 
+pub mod active;
 pub mod block;
 pub mod mmio;
 pub mod net;
