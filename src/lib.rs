@@ -1,7 +1,9 @@
 //! flint: a microVM monitor on Linux KVM.
 //!
-//! [`config`] turns a JSON file and flags into a [`config::VmConfig`];
-//! [`vmm::run`] builds the VM from it and runs it until the guest ends.
+//! The command line, the config file ([`config`]) and the REST API
+//! ([`api`]) all fill one [`builder::VmResources`], which checks itself into
+//! a [`config::VmConfig`]; [`vmm::Vmm`] builds the VM from it (vCPU handles,
+//! device registry) and runs it until the guest ends.
 
 pub mod api;
 pub mod boot;
