@@ -1,7 +1,7 @@
 //! The HTTP/1.1 side: a listener thread on the unix socket and one thread
 //! per connection, so a client that stops halfway through a request holds
 //! up no one else. Requests are parsed here; the VMM thread only sees typed
-//! [`ApiRequest`]s and answers each on a channel.
+//! [`ApiRequest`](super::ApiRequest)s and answers each on a channel.
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
