@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// The command line flint gives the guest kernel unless told otherwise.
 ///
@@ -40,12 +40,18 @@ pub enum Error {
     MemTooSmall(u64),
     #[error("mem_size_mib {0} is beyond what flint can map (at most {max} MiB)", max = MAX_MEM_MIB)]
     MemTooLarge(u64),
-    #[error("machine-config.smt = true is not supported: flint exposes one thread per core")]
-    Smt,
+    #[error("with smt, vcpu_count must be 1 or an even number, got {0}")]
+    SmtOddVcpus(u64),
+    #[error("machine-config.{field} {value:?} is not supported by flint yet (only \"None\")")]
+    MachineOption { field: &'static str, value: String },
+    #[error("flint does not support {0} yet")]
+    Unsupported(String),
     #[error("drive_id {0:?} is used by more than one drive")]
     DuplicateDrive(String),
-    #[error("drive_id must be 1 to 20 characters (it is the virtio-blk serial), got {0:?}")]
-    DriveId(String),
+    #[error(
+        "{field} {value:?} is not valid: use 1 to 64 characters, each a letter, a digit, '_' or '-'"
+    )]
+    BadId { field: &'static str, value: String },
     #[error("drives {0:?} and {1:?} are both marked is_root_device; at most one root device")]
     TwoRoots(String, String),
     #[error("iface_id {0:?} is used by more than one network interface")]
@@ -70,41 +76,176 @@ pub enum Error {
 /// own RAM is the tighter limit in practice; the VMM checks that one.
 pub const MAX_MEM_MIB: u64 = 1 << 25; // 32 TiB
 
-#[derive(Debug, Default, Deserialize)]
+/// A field that may be absent or `null` (Firecracker's clients send both)
+/// and then takes its default.
+pub fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Firecracker top-level keys for features flint does not have yet.
+pub const UNSUPPORTED_KEYS: [&str; 8] = [
+    "balloon",
+    "vsock",
+    "mmds-config",
+    "entropy",
+    "cpu-config",
+    "pmem",
+    "memory-hotplug",
+    "serial",
+];
+
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     #[serde(rename = "boot-source")]
     pub boot_source: Option<BootSource>,
     #[serde(rename = "machine-config")]
     pub machine_config: Option<MachineConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub drives: Vec<DriveConfig>,
-    #[serde(rename = "network-interfaces", default)]
+    #[serde(
+        rename = "network-interfaces",
+        default,
+        deserialize_with = "null_as_default"
+    )]
     pub network_interfaces: Vec<NetConfig>,
+    pub logger: Option<LoggerConfig>,
+    pub metrics: Option<MetricsConfig>,
+    // Keys of features flint lacks: accepted by the parser so the error can
+    // say what is missing instead of "unknown field".
+    pub balloon: Option<serde_json::Value>,
+    pub vsock: Option<serde_json::Value>,
+    #[serde(rename = "mmds-config")]
+    pub mmds_config: Option<serde_json::Value>,
+    pub entropy: Option<serde_json::Value>,
+    #[serde(rename = "cpu-config")]
+    pub cpu_config: Option<serde_json::Value>,
+    pub pmem: Option<serde_json::Value>,
+    #[serde(rename = "memory-hotplug")]
+    pub memory_hotplug: Option<serde_json::Value>,
+    pub serial: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+impl FileConfig {
+    /// The first key naming a feature flint does not have yet.
+    pub fn unsupported_key(&self) -> Option<&'static str> {
+        let set = [
+            &self.balloon,
+            &self.vsock,
+            &self.mmds_config,
+            &self.entropy,
+            &self.cpu_config,
+            &self.pmem,
+            &self.memory_hotplug,
+            &self.serial,
+        ];
+        set.iter()
+            .zip(UNSUPPORTED_KEYS)
+            .find(|(v, _)| v.as_ref().is_some_and(|v| !v.is_null()))
+            .map(|(_, k)| k)
+    }
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BootSource {
     pub kernel_image_path: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub boot_args: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub initrd_path: Option<PathBuf>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MachineConfig {
     pub vcpu_count: Option<u64>,
     pub mem_size_mib: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub smt: bool,
     /// Accepted for Firecracker compatibility; flint keeps no dirty log.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub track_dirty_pages: bool,
+    /// Only "None" (or absent): flint has no CPU templates.
+    pub cpu_template: Option<String>,
+    /// Only "None" (or absent): flint backs memory with 4 KiB pages.
+    pub huge_pages: Option<String>,
 }
 
-/// How a guest flush reaches the host.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+impl MachineConfig {
+    /// Check what can be checked without the rest of the configuration.
+    pub fn validate(&self) -> Result<(), Error> {
+        for (field, v) in [
+            ("cpu_template", &self.cpu_template),
+            ("huge_pages", &self.huge_pages),
+        ] {
+            if let Some(v) = v {
+                if v != "None" {
+                    return Err(Error::MachineOption {
+                        field,
+                        value: v.clone(),
+                    });
+                }
+            }
+        }
+        let vcpus = self.vcpu_count.unwrap_or(u64::from(DEFAULT_VCPUS));
+        if vcpus == 0 || vcpus > u64::from(MAX_VCPUS) {
+            return Err(Error::VcpuCount(vcpus));
+        }
+        if self.smt && vcpus > 1 && vcpus % 2 != 0 {
+            return Err(Error::SmtOddVcpus(vcpus));
+        }
+        let mem_mib = self.mem_size_mib.unwrap_or(DEFAULT_MEM_MIB);
+        if mem_mib < 16 {
+            return Err(Error::MemTooSmall(mem_mib));
+        }
+        if mem_mib > MAX_MEM_MIB {
+            return Err(Error::MemTooLarge(mem_mib));
+        }
+        Ok(())
+    }
+}
+
+/// Firecracker's `logger` object.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggerConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub show_level: bool,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub show_log_origin: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+}
+
+/// Firecracker's `metrics` object.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub metrics_path: PathBuf,
+}
+
+/// Whether `id` is a valid drive, interface or instance id: 1 to 64
+/// letters, digits, '_' or '-'.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// How a guest flush reaches the host. The one default for every way a
+/// drive is described (flags, file, API) is `Unsafe`, as Firecracker's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum CacheType {
     /// Flushes are acknowledged without touching the host file.
     #[default]
@@ -114,34 +255,36 @@ pub enum CacheType {
 }
 
 /// Which engine serves a drive's requests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum IoEngine {
     #[default]
     Sync,
     Async,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DriveConfig {
     pub drive_id: String,
     pub path_on_host: PathBuf,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub is_root_device: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub is_read_only: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub cache_type: CacheType,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub io_engine: IoEngine,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {
     pub iface_id: String,
     pub host_dev_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u16>,
 }
 
@@ -151,6 +294,8 @@ pub struct Overrides {
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     pub cmdline: Option<String>,
+    /// Words for the end of the command line (the default or `cmdline`).
+    pub append: Option<String>,
     pub vcpus: Option<u64>,
     pub mem_mib: Option<u64>,
     pub drives: Vec<DriveConfig>,
@@ -165,6 +310,8 @@ pub struct VmConfig {
     pub cmdline: String,
     pub vcpus: u8,
     pub mem_mib: u64,
+    /// Two threads per core in the guest's CPU topology.
+    pub smt: bool,
     pub drives: Vec<DriveConfig>,
     pub nets: Vec<NetConfig>,
 }
@@ -189,11 +336,12 @@ pub fn load_file(path: &Path) -> Result<FileConfig, Error> {
 /// Merge the file and the flags (flags win; drives and interfaces from both
 /// are kept) and validate the result.
 pub fn resolve(file: FileConfig, flags: Overrides) -> Result<VmConfig, Error> {
+    if let Some(key) = file.unsupported_key() {
+        return Err(Error::Unsupported(format!("the config file key {key:?}")));
+    }
     let boot = file.boot_source.unwrap_or_default();
     let machine = file.machine_config.unwrap_or_default();
-    if machine.smt {
-        return Err(Error::Smt);
-    }
+    machine.validate()?;
     let kernel = flags
         .kernel
         .or_else(|| {
@@ -206,6 +354,9 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<VmConfig, Error> {
         .unwrap_or(DEFAULT_VCPUS as u64);
     if vcpus == 0 || vcpus > MAX_VCPUS as u64 {
         return Err(Error::VcpuCount(vcpus));
+    }
+    if machine.smt && vcpus > 1 && vcpus % 2 != 0 {
+        return Err(Error::SmtOddVcpus(vcpus));
     }
     let mem_mib = flags
         .mem_mib
@@ -232,16 +383,20 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<VmConfig, Error> {
             .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
         vcpus: vcpus as u8,
         mem_mib,
+        smt: machine.smt,
         drives,
         nets,
     })
 }
 
-fn validate_drives(drives: &[DriveConfig]) -> Result<(), Error> {
+pub fn validate_drives(drives: &[DriveConfig]) -> Result<(), Error> {
     let mut root: Option<&str> = None;
     for (i, d) in drives.iter().enumerate() {
-        if d.drive_id.is_empty() || d.drive_id.len() > 20 {
-            return Err(Error::DriveId(d.drive_id.clone()));
+        if !valid_id(&d.drive_id) {
+            return Err(Error::BadId {
+                field: "drive_id",
+                value: d.drive_id.clone(),
+            });
         }
         if drives[..i].iter().any(|o| o.drive_id == d.drive_id) {
             return Err(Error::DuplicateDrive(d.drive_id.clone()));
@@ -256,8 +411,14 @@ fn validate_drives(drives: &[DriveConfig]) -> Result<(), Error> {
     Ok(())
 }
 
-fn validate_nets(nets: &[NetConfig]) -> Result<(), Error> {
+pub fn validate_nets(nets: &[NetConfig]) -> Result<(), Error> {
     for (i, n) in nets.iter().enumerate() {
+        if !valid_id(&n.iface_id) {
+            return Err(Error::BadId {
+                field: "iface_id",
+                value: n.iface_id.clone(),
+            });
+        }
         if nets[..i].iter().any(|o| o.iface_id == n.iface_id) {
             return Err(Error::DuplicateIface(n.iface_id.clone()));
         }
@@ -312,8 +473,8 @@ pub fn parse_drive_flag(value: &str, index: usize) -> Result<DriveConfig, Error>
         path_on_host: PathBuf::new(),
         is_root_device: false,
         is_read_only: false,
-        cache_type: CacheType::Unsafe,
-        io_engine: IoEngine::Sync,
+        cache_type: CacheType::default(),
+        io_engine: IoEngine::default(),
     };
     for (k, v) in key_values(F, value)? {
         match k {
@@ -498,8 +659,12 @@ mod tests {
         ));
         assert!(matches!(
             validate_drives(&[d("", false)]),
-            Err(Error::DriveId(_))
+            Err(Error::BadId { .. })
         ));
+        let long = "a".repeat(30);
+        assert!(validate_drives(&[d(&long, false)]).is_ok());
+        assert!(validate_drives(&[d(&"a".repeat(65), false)]).is_err());
+        assert!(validate_drives(&[d("bad/id", false)]).is_err());
         assert!(validate_drives(&[d("a", true), d("b", false)]).is_ok());
     }
 

@@ -66,7 +66,8 @@ pub fn block_signals() -> Result<(), Error> {
     Ok(())
 }
 
-fn signalfd() -> Result<File, Error> {
+/// A signalfd for the shutdown signals (blocked by [`block_signals`]).
+pub fn signalfd() -> Result<File, Error> {
     let set = signal_set();
     // SAFETY: -1 asks for a new descriptor; `set` is valid.
     let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };

@@ -6,27 +6,23 @@ use std::io::Stdout;
 use std::sync::{Arc, Mutex};
 
 use devices::bus::lock;
-use devices::legacy::{Cmos, I8042Device, SerialDevice, CMOS_BASE, CMOS_PORT_LEN};
+use devices::legacy::{Cmos, I8042Device, SerialDevice};
+use devices::virtio::block::Block;
 use devices::virtio::mmio::MmioTransport;
+use devices::virtio::net::Net;
 use devices::virtio::VirtioDevice;
 use devices::{Bus, BusDevice};
 use event_manager::MutEventSubscriber;
 use vm_memory::GuestMemoryMmap;
 
 use crate::console::ConsoleOut;
-use crate::memory::{BOOT_TIMER_ADDR, BOOT_TIMER_MAGIC, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
+use crate::layout::{
+    CMOS_BASE, CMOS_PORT_LEN, COM1_IRQ, COM1_PORT, COM1_PORT_LEN, FIRST_VIRTIO_IRQ, I8042_IRQ,
+    I8042_PORT, I8042_PORT_LEN, LAST_IRQ, QUEUE_NOTIFY_OFFSET, VIRTIO_MMIO_SIZE,
+};
+use crate::memory::{BOOT_TIMER_ADDR, BOOT_TIMER_MAGIC, VIRTIO_MMIO_START};
 use crate::timer::{self, Phase};
 use crate::vstate::vm::{self, Vm};
-
-const COM1_PORT: u64 = 0x3f8;
-const COM1_IRQ: u32 = 4;
-const I8042_PORT: u64 = 0x60;
-const I8042_IRQ: u32 = 1;
-/// virtio devices take IOAPIC pins from here to the last one.
-const FIRST_VIRTIO_IRQ: u32 = 5;
-const LAST_IRQ: u32 = 23;
-/// Offset of QueueNotify in a virtio-mmio window.
-const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
 
 pub type Serial = SerialDevice<ConsoleOut<Stdout>>;
 
@@ -70,6 +66,24 @@ impl BusDevice for BootTimer {
 pub trait VirtioSubscriber: VirtioDevice + MutEventSubscriber {}
 impl<T: VirtioDevice + MutEventSubscriber> VirtioSubscriber for T {}
 
+/// A typed handle on a virtio device model, for the VMM's own use (metrics,
+/// a drive's backing file swapped at run time).
+#[derive(Clone)]
+pub enum VirtioHandle {
+    Block(Arc<Mutex<Block>>),
+    Net(Arc<Mutex<Net>>),
+}
+
+/// One virtio device in the registry: its id (drive_id or iface_id), where
+/// it sits, and handles on its transport and its model.
+pub struct DeviceEntry {
+    pub id: String,
+    pub mmio_base: u64,
+    pub irq: u32,
+    pub transport: Arc<Mutex<MmioTransport>>,
+    pub handle: VirtioHandle,
+}
+
 /// All devices of one VM.
 pub struct DeviceManager {
     pub pio: Bus,
@@ -80,6 +94,8 @@ pub struct DeviceManager {
     pub cmdline: Vec<String>,
     /// Devices to add to the event loop.
     pub subscribers: Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    /// Every virtio device, in the order they were attached.
+    pub registry: Vec<DeviceEntry>,
     next_irq: u32,
     next_mmio: u64,
 }
@@ -96,8 +112,8 @@ impl DeviceManager {
         let i8042 = Arc::new(Mutex::new(i8042));
 
         let mut pio = Bus::new();
-        pio.insert(serial.clone(), COM1_PORT, 8)?;
-        pio.insert(i8042.clone(), I8042_PORT, 5)?;
+        pio.insert(serial.clone(), COM1_PORT, COM1_PORT_LEN)?;
+        pio.insert(i8042.clone(), I8042_PORT, I8042_PORT_LEN)?;
         pio.insert(Arc::new(Mutex::new(Cmos::new())), CMOS_BASE, CMOS_PORT_LEN)?;
         let mut mmio = Bus::new();
         mmio.insert(
@@ -114,6 +130,7 @@ impl DeviceManager {
             i8042,
             cmdline: Vec::new(),
             subscribers: Vec::new(),
+            registry: Vec::new(),
             next_irq: FIRST_VIRTIO_IRQ,
             next_mmio: VIRTIO_MMIO_START,
         })
@@ -121,12 +138,15 @@ impl DeviceManager {
 
     /// Put a virtio device on the MMIO bus: allocate its window and IRQ,
     /// register its queue notifications as ioeventfds and its interrupt as
-    /// an irqfd, and queue it for the event loop.
+    /// an irqfd, queue it for the event loop and record it in the registry
+    /// under `id`, with the typed handle `wrap` makes.
     pub fn add_virtio<D: VirtioSubscriber + Send + 'static>(
         &mut self,
         vm: &Vm,
         mem: &GuestMemoryMmap,
+        id: &str,
         device: D,
+        wrap: fn(Arc<Mutex<D>>) -> VirtioHandle,
     ) -> Result<Arc<Mutex<D>>, Error> {
         if self.next_irq > LAST_IRQ {
             return Err(Error::OutOfIrqs(LAST_IRQ - FIRST_VIRTIO_IRQ + 1));
@@ -142,14 +162,27 @@ impl DeviceManager {
             }
         }
         vm.register_irqfd(transport.interrupt().eventfd(), irq)?;
+        let transport = Arc::new(Mutex::new(transport));
         self.mmio
-            .insert(Arc::new(Mutex::new(transport)), base, VIRTIO_MMIO_SIZE)?;
+            .insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;
         self.cmdline
             .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
         self.subscribers.push(device.clone());
+        self.registry.push(DeviceEntry {
+            id: id.to_string(),
+            mmio_base: base,
+            irq,
+            transport,
+            handle: wrap(device.clone()),
+        });
         self.next_mmio += VIRTIO_MMIO_SIZE;
         self.next_irq += 1;
         Ok(device)
+    }
+
+    /// The registry entry of the device with `id`.
+    pub fn find(&self, id: &str) -> Option<&DeviceEntry> {
+        self.registry.iter().find(|d| d.id == id)
     }
 }
 

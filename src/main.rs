@@ -1,15 +1,18 @@
 //! The `flint` command: flags and config file in, a microVM run, an exit
 //! status out.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use flint::api::handler::{self, ApiState, StartWait};
+use flint::api::{self, Response};
+use flint::builder::VmResources;
 use flint::config::{self, Overrides};
-use flint::control::Outcome;
+use flint::control::{self, Outcome};
 use flint::timer::{self, Phase};
-use flint::vmm::{self, RunOptions};
+use flint::vmm::{self, RunOptions, Vmm};
 use flint::vstate::vcpu::StopReason;
 
 /// Exit statuses, documented in README.md.
@@ -86,9 +89,57 @@ struct Cli {
     /// (debug shows the full kernel command line), trace.
     #[arg(long, value_name = "LEVEL", default_value = "warn", value_parser = flint::logger::parse_level)]
     log_level: log::LevelFilter,
+    /// Serve Firecracker's REST API on this unix socket (the path must not
+    /// exist). Without --config-file the VM starts on PUT /actions
+    /// InstanceStart; with it, at once, and the API stays up.
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
+    /// Do not serve the API (Firecracker's flag; needs --config-file).
+    #[arg(long, requires = "config_file")]
+    no_api: bool,
+    /// Instance id shown by GET / and in the log file: letters, digits and
+    /// '-', at most 64.
+    #[arg(long, value_name = "ID", default_value = "anonymous-instance", value_parser = parse_id)]
+    id: String,
+    /// Write flint's log to this file or FIFO instead of stderr.
+    #[arg(long, value_name = "PATH")]
+    log_path: Option<PathBuf>,
+    /// Log level, Firecracker's spelling (Error, Warning, Info, Debug,
+    /// Trace, Off); overrides --log-level.
+    #[arg(long, value_name = "LEVEL", value_parser = flint::logger::parse_level)]
+    level: Option<log::LevelFilter>,
+    /// In the log file, show each line's level.
+    #[arg(long)]
+    show_level: bool,
+    /// In the log file, show each line's source file and line.
+    #[arg(long)]
+    show_log_origin: bool,
+    /// Write metrics (JSON lines: every 60 s, on FlushMetrics and at exit)
+    /// to this file or FIFO.
+    #[arg(long, value_name = "PATH")]
+    metrics_path: Option<PathBuf>,
+    /// Accepted for Firecracker compatibility; flint installs no seccomp
+    /// filter yet.
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Accepted for Firecracker compatibility; flint installs no seccomp
+    /// filter yet.
+    #[arg(long, value_name = "PATH")]
+    seccomp_filter: Option<PathBuf>,
 }
 
-fn load_config(cli: &Cli) -> Result<config::VmConfig, config::Error> {
+fn parse_id(s: &str) -> Result<String, String> {
+    if !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?}: an id is 1 to 64 characters, each a letter, a digit or '-'"
+        ))
+    }
+}
+
+/// The VM as the config file and the flags describe it.
+fn load_resources(cli: &Cli) -> Result<VmResources, config::Error> {
     let file = match &cli.config_file {
         Some(p) => config::load_file(p)?,
         None => config::FileConfig::default(),
@@ -105,47 +156,31 @@ fn load_config(cli: &Cli) -> Result<config::VmConfig, config::Error> {
         .enumerate()
         .map(|(i, n)| config::parse_net_flag(n, file.network_interfaces.len() + i))
         .collect::<Result<Vec<_>, _>>()?;
-    config::resolve(
-        file,
-        Overrides {
-            kernel: cli.kernel.clone(),
-            initrd: cli.initrd.clone(),
-            cmdline: cli.cmdline.clone(),
-            vcpus: cli.vcpus,
-            mem_mib: cli.memory,
-            drives,
-            nets,
-        },
-    )
+    let mut resources = VmResources::from_file(file)?;
+    resources.apply_flags(Overrides {
+        kernel: cli.kernel.clone(),
+        initrd: cli.initrd.clone(),
+        cmdline: cli.cmdline.clone(),
+        append: cli.append.clone(),
+        vcpus: cli.vcpus,
+        mem_mib: cli.memory,
+        drives,
+        nets,
+    });
+    Ok(resources)
 }
 
-fn run(cli: &Cli) -> u8 {
-    let cfg = match load_config(cli) {
-        Ok(mut c) => {
-            if let Some(extra) = &cli.append {
-                c.cmdline = format!("{} {}", c.cmdline.trim_end(), extra.trim());
-            }
-            c
-        }
-        Err(e) => {
-            eprintln!("flint: {e}");
-            return EXIT_ERROR;
-        }
-    };
-    timer::mark(Phase::ConfigParsed);
-    let opts = RunOptions {
+fn run_options(cli: &Cli) -> RunOptions {
+    RunOptions {
         boot_timer: cli.boot_timer,
         shutdown_timeout: Duration::from_secs(cli.shutdown_timeout),
         host_profile: !cli.no_host_profile,
-    };
-    flint::terminal::enter_raw_mode();
-    let result = vmm::run(&cfg, &opts);
-    flint::terminal::restore();
-    if result.is_ok() {
-        // The VM is still alive; let its teardown happen after we are gone.
-        flint::teardown::hand_off();
     }
-    let code = match result {
+}
+
+/// The exit status for how the VM ended, with its one-line message.
+fn exit_code(result: Result<Outcome, vmm::Error>) -> u8 {
+    match result {
         Err(e) => {
             eprintln!("flint: {e}");
             EXIT_ERROR
@@ -173,18 +208,179 @@ fn run(cli: &Cli) -> u8 {
             eprintln!("flint: stopped the guest on signal {signal}");
             EXIT_FORCED_STOP
         }
-    };
-    if cli.boot_timer {
-        eprint!("{}", timer::report());
     }
-    code
+}
+
+/// Logger and metrics from the flags, the same as PUT /logger and PUT
+/// /metrics would set them.
+fn apply_log_and_metrics_flags(cli: &Cli, st: &mut ApiState) -> Result<(), String> {
+    let file_logger = st.resources.logger.take();
+    if cli.log_path.is_some() || cli.level.is_some() || file_logger.is_some() {
+        let mut l = file_logger.unwrap_or_default();
+        if cli.log_path.is_some() {
+            l.log_path = cli.log_path.clone();
+        }
+        if let Some(level) = cli.level {
+            l.level = Some(level.to_string());
+        }
+        l.show_level |= cli.show_level;
+        l.show_log_origin |= cli.show_log_origin;
+        st.set_logger(l)?;
+    }
+    let path = match (&cli.metrics_path, st.resources.metrics.take()) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(m)) => Some(m.metrics_path),
+        (None, None) => None,
+    };
+    if let Some(p) = path {
+        st.set_metrics(&p)?;
+    }
+    Ok(())
+}
+
+/// Build and start the VM the resources describe; `over_api` words a
+/// missing kernel for an API client.
+fn start_vm(st: &mut ApiState, opts: &RunOptions, over_api: bool) -> Result<Vmm, String> {
+    log::info!("InstanceStart: building the VM");
+    let cfg = st.resources.build().map_err(|e| match e {
+        config::Error::NoKernel if over_api => "no kernel: PUT /boot-source first".to_string(),
+        e => e.to_string(),
+    })?;
+    let mut vmm = Vmm::build(&cfg, opts).map_err(|e| e.to_string())?;
+    vmm.set_metrics(st.metrics.take());
+    vmm.start().map_err(|e| e.to_string())?;
+    Ok(vmm)
+}
+
+/// flint with the API: serve until InstanceStart (or boot from the config
+/// file at once), then run the VM with the API still up.
+fn run_api(cli: &Cli, sock: &Path, mut st: ApiState) -> u8 {
+    let opts = run_options(cli);
+    // Before any thread starts, so the API threads leave the shutdown
+    // signals to the signalfd.
+    if let Err(e) = control::block_signals() {
+        eprintln!("flint: {e}");
+        return EXIT_ERROR;
+    }
+    let mut signals = match control::signalfd() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("flint: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let chan = match api::server::start(sock) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("flint: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let remove_socket = || {
+        let _ = std::fs::remove_file(sock);
+    };
+    let mut vmm = if cli.config_file.is_some() {
+        match start_vm(&mut st, &opts, false) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("flint: {e}");
+                remove_socket();
+                return EXIT_ERROR;
+            }
+        }
+    } else {
+        loop {
+            match handler::serve_until_start(&chan, &mut st, &mut signals) {
+                StartWait::Start(reply) => match start_vm(&mut st, &opts, true) {
+                    Ok(v) => {
+                        let _ = reply.send(Response::NoContent);
+                        break v;
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Response::Fault(format!("InstanceStart: {e}")));
+                    }
+                },
+                StartWait::Signal(sig) => {
+                    eprintln!("flint: signal {sig} before the VM started; exiting");
+                    remove_socket();
+                    return 0;
+                }
+                StartWait::Closed => {
+                    remove_socket();
+                    return EXIT_ERROR;
+                }
+            }
+        }
+    };
+    drop(signals);
+    match chan.wake.try_clone() {
+        Ok(w) => vmm.add_wakeup(w),
+        Err(e) => eprintln!("flint: the API cannot wake the event loop: {e}"),
+    }
+    flint::terminal::enter_raw_mode();
+    let result = vmm.run(&mut |vmm| handler::serve_running(&chan, &mut st, vmm));
+    flint::terminal::restore();
+    remove_socket();
+    // The VM is still alive; its teardown happens after we are gone.
+    std::mem::forget(vmm);
+    flint::teardown::hand_off();
+    exit_code(result)
+}
+
+fn run(cli: &Cli) -> u8 {
+    let resources = match load_resources(cli) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("flint: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    timer::mark(Phase::ConfigParsed);
+    if cli.no_seccomp || cli.seccomp_filter.is_some() {
+        log::info!("seccomp flags accepted; flint installs no seccomp filter yet");
+    }
+    let mut st = ApiState::new(resources, cli.id.clone());
+    if let Err(e) = apply_log_and_metrics_flags(cli, &mut st) {
+        eprintln!("flint: {e}");
+        return EXIT_ERROR;
+    }
+    if let (Some(sock), false) = (&cli.api_sock, cli.no_api) {
+        return run_api(cli, sock, st);
+    }
+    let cfg = match st.resources.build() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("flint: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let opts = run_options(cli);
+    flint::terminal::enter_raw_mode();
+    let result = Vmm::build(&cfg, &opts).and_then(|mut vmm| {
+        vmm.set_metrics(st.metrics.take());
+        vmm.start()?;
+        let r = vmm.run(&mut |_| {});
+        // The vCPU threads may still be in KVM_RUN: the VM must outlive
+        // them, and does, since the process exits next.
+        std::mem::forget(vmm);
+        r
+    });
+    flint::terminal::restore();
+    if result.is_ok() {
+        // The VM is still alive; let its teardown happen after we are gone.
+        flint::teardown::hand_off();
+    }
+    exit_code(result)
 }
 
 fn main() -> ExitCode {
     timer::start();
     let cli = Cli::parse();
-    flint::logger::init(cli.log_level);
+    flint::logger::init(cli.level.unwrap_or(cli.log_level));
     let code = run(&cli);
+    if cli.boot_timer {
+        eprint!("{}", timer::report());
+    }
     // vCPU threads may still be inside KVM_RUN; exiting the process ends
     // them without waiting.
     use std::io::Write;

@@ -38,7 +38,7 @@ pub const BOOT_TIMER_ADDR: u64 = MMIO_GAP_START;
 pub const BOOT_TIMER_MAGIC: u8 = 123;
 /// virtio-mmio windows start one page above the boot timer.
 pub const VIRTIO_MMIO_START: u64 = MMIO_GAP_START + 0x1000;
-pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+pub const VIRTIO_MMIO_SIZE: u64 = crate::layout::VIRTIO_MMIO_SIZE;
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 

@@ -5,7 +5,7 @@ use devices::virtio::net::{self, Net};
 use vm_memory::GuestMemoryMmap;
 
 use crate::config::{CacheType, DriveConfig, IoEngine, NetConfig, VmConfig};
-use crate::device_manager::{self, DeviceManager};
+use crate::device_manager::{self, DeviceManager, VirtioHandle};
 use crate::vstate::vm::Vm;
 
 /// Errors from creating virtio devices.
@@ -77,14 +77,14 @@ pub fn attach(
             id: d.drive_id.clone(),
             source,
         })?;
-        dm.add_virtio(vm, mem, dev)?;
+        dm.add_virtio(vm, mem, &d.drive_id, dev, VirtioHandle::Block)?;
     }
     for n in &cfg.nets {
         let dev = Net::new(net_config(n)?).map_err(|source| Error::Net {
             id: n.iface_id.clone(),
             source,
         })?;
-        dm.add_virtio(vm, mem, dev)?;
+        dm.add_virtio(vm, mem, &n.iface_id, dev, VirtioHandle::Net)?;
     }
     Ok(drives
         .first()

@@ -1,24 +1,31 @@
-//! The VMM: builds the VM from a [`VmConfig`], runs the vCPUs and the event
-//! loop, and reports how the guest ended.
+//! The VMM: a [`Vmm`] owns the VM, its vCPU threads and its devices. It is
+//! built from a [`VmConfig`] ([`Vmm::build`]), started ([`Vmm::start`]) and
+//! run until the guest ends ([`Vmm::run`]), with a hook the API uses to
+//! act on the running VM from the same thread as the event loop.
 
 use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::VmConfig;
 use crate::control::{self, Control, Outcome};
-use crate::device_manager::{self, DeviceManager};
+use crate::device_manager::{self, DeviceManager, VirtioHandle};
 use crate::host::{self, HostKind};
+use crate::metrics::MetricsSink;
 use crate::timer::{self, Phase};
 use crate::vstate::vcpu::{self, Vcpu};
+use crate::vstate::vcpu_control::{self, VcpuHandle};
 use crate::vstate::vm::{self, Vm};
 use crate::{boot, memory, virtio_devices};
 
 /// How often the event loop writes out a partial console line, in ms.
 const CONSOLE_FLUSH_MS: i32 = 20;
+/// How long a vCPU may take to stop or start again when asked.
+const VCPU_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Everything that can stop a VM from starting.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +36,8 @@ pub enum Error {
     Vm(#[from] vm::Error),
     #[error(transparent)]
     Vcpu(#[from] vcpu::Error),
+    #[error(transparent)]
+    VcpuControl(#[from] vcpu_control::Error),
     #[error(transparent)]
     Boot(#[from] boot::Error),
     #[error(transparent)]
@@ -45,6 +54,12 @@ pub enum Error {
     LoaderThread,
     #[error("cannot set up the event loop: {0}")]
     EventLoop(String),
+    #[error("the VM is already {0}")]
+    State(&'static str),
+    #[error("cannot send Ctrl-Alt-Del: {0}")]
+    CtrlAltDel(String),
+    #[error("drive {id:?}: {why}")]
+    Drive { id: String, why: String },
 }
 
 /// Options that are about the run, not the VM.
@@ -84,112 +99,310 @@ pub fn full_cmdline(
     parts.join(" ")
 }
 
-/// Build and run the VM until the guest ends; returns how it ended.
-pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<Outcome, Error> {
-    let host = host::detect();
-    if let Some(ram) = host_ram_mib() {
-        if cfg.mem_mib > ram {
-            return Err(Error::MemBeyondHost {
-                asked: cfg.mem_mib,
-                host: ram,
-            });
+/// An event loop subscriber that only wakes the loop: the work happens in
+/// the hook [`Vmm::run`] calls after every wake-up.
+struct Waker(EventFd);
+
+impl MutEventSubscriber for Waker {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.0, EventSet::IN)) {
+            log::error!("cannot watch the API's wake-up descriptor: {e}");
         }
     }
-    control::block_signals()?;
-    boot::check_cmdline(&cfg.cmdline)?;
-    let mem = memory::create(cfg.mem_mib)?;
-    // Reading the kernel and initrd into guest memory and KVM's building of
-    // the VM (irqchip, PIT, memory slots) are independent: overlap them.
-    let (images, vm) = std::thread::scope(|s| {
-        let loader = s.spawn(|| boot::load_images(&mem, &cfg.kernel, cfg.initrd.as_deref()));
-        let vm = Vm::new(&mem);
-        (loader.join(), vm)
-    });
-    let images = images.map_err(|_| Error::LoaderThread)??;
-    let vm = vm?;
-    if usize::from(cfg.vcpus) > vm.max_vcpus() {
-        return Err(Error::TooManyVcpus {
-            asked: cfg.vcpus,
-            max: vm.max_vcpus(),
-        });
-    }
-    let mut dm = DeviceManager::new(&vm, opts.boot_timer)?;
-    let root = virtio_devices::attach(cfg, &vm, &mem, &mut dm)?;
 
-    let stop_evt =
-        Arc::new(EventFd::new(EFD_NONBLOCK).map_err(|e| Error::EventLoop(e.to_string()))?);
-    let (stop_tx, stop_rx) = channel();
-    let pio = Arc::new(std::mem::take(&mut dm.pio));
-    let mmio = Arc::new(std::mem::take(&mut dm.mmio));
-    let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
-    for id in 0..cfg.vcpus {
-        vcpus.push(Vcpu::new(
-            vm.fd(),
-            id,
-            pio.clone(),
-            mmio.clone(),
-            mem.clone(),
-            stop_tx.clone(),
-            stop_evt.clone(),
-        )?);
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.0.read();
     }
-    let profile = match (host, opts.host_profile) {
-        (HostKind::Pvm, true) => {
-            let khz = vcpus[0].tsc_khz().unwrap_or(0);
-            (khz > 0).then(|| host::pvm_cmdline(khz))
-        }
-        _ => None,
-    };
-    let cmdline = full_cmdline(cfg, &dm.cmdline, root.as_deref(), profile.as_deref());
-    log::debug!("kernel command line: {cmdline}");
-    let entry = boot::write_boot_data(&mem, &images, cfg.mem_mib, cfg.vcpus, &cmdline)?;
-    let supported = vcpu::supported_cpuid(vm.kvm())?;
-    for v in &vcpus {
-        v.configure(&supported, entry.entry.0, cfg.vcpus)?;
-    }
+}
 
-    let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
-        EventManager::new().map_err(|e| Error::EventLoop(e.to_string()))?;
-    let ctl = Arc::new(Mutex::new(Control::new(
-        stop_evt,
-        stop_rx,
-        dm.i8042.clone(),
-        dm.serial.clone(),
-        opts.shutdown_timeout,
-    )?));
-    em.add_subscriber(ctl.clone());
-    for s in dm.subscribers.drain(..) {
-        em.add_subscriber(s);
-    }
-    if host == HostKind::Pvm {
-        eprintln!("{}", host::PVM_WARNING);
-    }
-    timer::mark(Phase::VmBuilt);
-    for v in vcpus {
-        // The threads are never joined: the process ends when the VM does.
-        v.start()?;
-    }
-    let serial = dm.serial.clone();
-    let flush_console = || {
-        // A failing stdout is counted by the serial device; nothing to add.
-        let _ = devices::bus::lock(&serial).output_mut().flush_pending();
-    };
-    loop {
-        // The timeout bounds how long a partial console line (a prompt, an
-        // echoed key) waits for its newline.
-        if let Err(e) = em.run_with_timeout(CONSOLE_FLUSH_MS) {
-            if e != event_manager::Error::Epoll(vmm_sys_util::errno::Error::new(libc::EINTR)) {
-                return Err(Error::EventLoop(e.to_string()));
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Whether the guest's vCPUs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmState {
+    /// Built, vCPU threads not started yet.
+    Built,
+    Running,
+    Paused,
+}
+
+/// One microVM.
+pub struct Vmm {
+    // Field order is drop order: devices and vCPU handles go before the VM
+    // and its memory.
+    em: EventManager<Subscriber>,
+    ctl: Arc<Mutex<Control>>,
+    dm: DeviceManager,
+    unstarted: Vec<Vcpu>,
+    vcpus: Vec<VcpuHandle>,
+    vm: Vm,
+    mem: GuestMemoryMmap,
+    host: HostKind,
+    state: VmState,
+    metrics: Option<MetricsSink>,
+}
+
+impl Vmm {
+    /// Build the VM: memory, KVM VM, devices, vCPUs in their boot state.
+    /// Nothing runs yet.
+    pub fn build(cfg: &VmConfig, opts: &RunOptions) -> Result<Vmm, Error> {
+        let host = host::detect();
+        if let Some(ram) = host_ram_mib() {
+            if cfg.mem_mib > ram {
+                return Err(Error::MemBeyondHost {
+                    asked: cfg.mem_mib,
+                    host: ram,
+                });
             }
         }
-        flush_console();
-        if let Some(outcome) = devices::bus::lock(&ctl).outcome() {
-            // `vm` and `mem` must outlive the vCPU threads, which run until
-            // the process exits.
-            std::mem::forget(vm);
-            return Ok(outcome.clone());
+        control::block_signals()?;
+        vcpu_control::install_kick_handler()?;
+        boot::check_cmdline(&cfg.cmdline)?;
+        let mem = memory::create(cfg.mem_mib)?;
+        // Reading the kernel and initrd into guest memory and KVM's building
+        // of the VM (irqchip, PIT, memory slots) are independent: overlap.
+        let (images, vm) = std::thread::scope(|s| {
+            let loader = s.spawn(|| boot::load_images(&mem, &cfg.kernel, cfg.initrd.as_deref()));
+            let vm = Vm::new(&mem);
+            (loader.join(), vm)
+        });
+        let images = images.map_err(|_| Error::LoaderThread)??;
+        let vm = vm?;
+        if usize::from(cfg.vcpus) > vm.max_vcpus() {
+            return Err(Error::TooManyVcpus {
+                asked: cfg.vcpus,
+                max: vm.max_vcpus(),
+            });
+        }
+        let mut dm = DeviceManager::new(&vm, opts.boot_timer)?;
+        let root = virtio_devices::attach(cfg, &vm, &mem, &mut dm)?;
+
+        let stop_evt =
+            Arc::new(EventFd::new(EFD_NONBLOCK).map_err(|e| Error::EventLoop(e.to_string()))?);
+        let (stop_tx, stop_rx) = channel();
+        let pio = Arc::new(std::mem::take(&mut dm.pio));
+        let mmio = Arc::new(std::mem::take(&mut dm.mmio));
+        let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
+        for id in 0..cfg.vcpus {
+            vcpus.push(Vcpu::new(
+                vm.fd(),
+                id,
+                pio.clone(),
+                mmio.clone(),
+                mem.clone(),
+                stop_tx.clone(),
+                stop_evt.clone(),
+            )?);
+        }
+        let profile = match (host, opts.host_profile) {
+            (HostKind::Pvm, true) => {
+                let khz = vcpus[0].tsc_khz().unwrap_or(0);
+                (khz > 0).then(|| host::pvm_cmdline(khz))
+            }
+            _ => None,
+        };
+        let cmdline = full_cmdline(cfg, &dm.cmdline, root.as_deref(), profile.as_deref());
+        log::debug!("kernel command line: {cmdline}");
+        let entry = boot::write_boot_data(&mem, &images, cfg.mem_mib, cfg.vcpus, &cmdline)?;
+        let supported = vcpu::supported_cpuid(vm.kvm())?;
+        let threads = if cfg.smt { 2 } else { 1 };
+        for v in &vcpus {
+            v.configure(&supported, entry.entry.0, cfg.vcpus, threads)?;
+        }
+
+        let mut em: EventManager<Subscriber> =
+            EventManager::new().map_err(|e| Error::EventLoop(e.to_string()))?;
+        let ctl = Arc::new(Mutex::new(Control::new(
+            stop_evt,
+            stop_rx,
+            dm.i8042.clone(),
+            dm.serial.clone(),
+            opts.shutdown_timeout,
+        )?));
+        em.add_subscriber(ctl.clone());
+        for s in dm.subscribers.drain(..) {
+            em.add_subscriber(s);
+        }
+        if host == HostKind::Pvm {
+            eprintln!("{}", host::PVM_WARNING);
+        }
+        timer::mark(Phase::VmBuilt);
+        Ok(Vmm {
+            em,
+            ctl,
+            dm,
+            unstarted: vcpus,
+            vcpus: Vec::new(),
+            vm,
+            mem,
+            host,
+            state: VmState::Built,
+            metrics: None,
+        })
+    }
+
+    /// Start the vCPU threads.
+    pub fn start(&mut self) -> Result<(), Error> {
+        if self.state != VmState::Built {
+            return Err(Error::State("started"));
+        }
+        for v in self.unstarted.drain(..) {
+            self.vcpus.push(v.start()?);
+        }
+        self.state = VmState::Running;
+        Ok(())
+    }
+
+    pub fn state(&self) -> VmState {
+        self.state
+    }
+
+    pub fn host(&self) -> HostKind {
+        self.host
+    }
+
+    pub fn devices(&self) -> &DeviceManager {
+        &self.dm
+    }
+
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    pub fn guest_memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// Where metrics go from now on (flushed by the loop and at exit).
+    pub fn set_metrics(&mut self, sink: Option<MetricsSink>) {
+        self.metrics = sink;
+    }
+
+    pub fn metrics_mut(&mut self) -> Option<&mut MetricsSink> {
+        self.metrics.as_mut()
+    }
+
+    /// Wake the event loop whenever `evt` is written (the API's requests).
+    pub fn add_wakeup(&mut self, evt: EventFd) {
+        self.em.add_subscriber(Arc::new(Mutex::new(Waker(evt))));
+    }
+
+    /// Stop every vCPU: each leaves KVM_RUN and waits for [`Vmm::resume`].
+    pub fn pause(&mut self) -> Result<(), Error> {
+        match self.state {
+            VmState::Running => {}
+            VmState::Paused => return Ok(()),
+            VmState::Built => return Err(Error::State("not started")),
+        }
+        for v in &self.vcpus {
+            v.request_pause()?;
+        }
+        for v in &self.vcpus {
+            v.wait_paused(VCPU_ANSWER_TIMEOUT)?;
+        }
+        self.state = VmState::Paused;
+        Ok(())
+    }
+
+    /// Let paused vCPUs run again.
+    pub fn resume(&mut self) -> Result<(), Error> {
+        match self.state {
+            VmState::Paused => {}
+            VmState::Running => return Ok(()),
+            VmState::Built => return Err(Error::State("not started")),
+        }
+        for v in &self.vcpus {
+            v.request_resume()?;
+        }
+        for v in &self.vcpus {
+            v.wait_resumed(VCPU_ANSWER_TIMEOUT)?;
+        }
+        self.state = VmState::Running;
+        Ok(())
+    }
+
+    /// Press Ctrl-Alt-Del on the guest's keyboard.
+    pub fn send_ctrl_alt_del(&mut self) -> Result<(), Error> {
+        devices::bus::lock(&self.dm.i8042)
+            .trigger_ctrl_alt_del()
+            .map_err(|e| Error::CtrlAltDel(e.to_string()))
+    }
+
+    /// Point drive `id` at another image file; the guest is told its new
+    /// size with a configuration-change interrupt.
+    pub fn swap_drive(&mut self, id: &str, path: &std::path::Path) -> Result<(), Error> {
+        let entry = self.dm.find(id).ok_or_else(|| Error::Drive {
+            id: id.to_string(),
+            why: "no drive with this id".into(),
+        })?;
+        let VirtioHandle::Block(block) = &entry.handle else {
+            return Err(Error::Drive {
+                id: id.to_string(),
+                why: "not a drive".into(),
+            });
+        };
+        devices::bus::lock(block)
+            .swap_backing(path)
+            .map_err(|e| Error::Drive {
+                id: id.to_string(),
+                why: e.to_string(),
+            })?;
+        devices::bus::lock(&entry.transport).config_changed();
+        Ok(())
+    }
+
+    /// Write a metrics line now, if metrics are configured.
+    pub fn flush_metrics(&mut self) -> Result<(), crate::metrics::Error> {
+        match &mut self.metrics {
+            Some(m) => m.flush(Some(&self.dm)),
+            None => Err(crate::metrics::Error::NotSet),
         }
     }
+
+    /// Run the event loop until the guest ends. After every wake-up (a
+    /// device, a timer, the API) `hook` may act on the VM.
+    pub fn run(&mut self, hook: &mut dyn FnMut(&mut Vmm)) -> Result<Outcome, Error> {
+        if self.state == VmState::Built {
+            self.start()?;
+        }
+        loop {
+            // The timeout bounds how long a partial console line (a
+            // prompt, an echoed key) waits for its newline.
+            if let Err(e) = self.em.run_with_timeout(CONSOLE_FLUSH_MS) {
+                if e != event_manager::Error::Epoll(vmm_sys_util::errno::Error::new(libc::EINTR)) {
+                    return Err(Error::EventLoop(e.to_string()));
+                }
+            }
+            // A failing stdout is counted by the serial device.
+            let _ = devices::bus::lock(&self.dm.serial)
+                .output_mut()
+                .flush_pending();
+            hook(self);
+            if let Some(m) = &mut self.metrics {
+                m.flush_if_due(Some(&self.dm));
+            }
+            let outcome = devices::bus::lock(&self.ctl).outcome().cloned();
+            if let Some(outcome) = outcome {
+                if let Some(m) = &mut self.metrics {
+                    if let Err(e) = m.flush(Some(&self.dm)) {
+                        log::warn!("{e}");
+                    }
+                }
+                return Ok(outcome);
+            }
+        }
+    }
+}
+
+/// Build and run the VM until the guest ends; returns how it ended.
+pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<Outcome, Error> {
+    let mut vmm = Vmm::build(cfg, opts)?;
+    vmm.start()?;
+    let outcome = vmm.run(&mut |_| {});
+    // The vCPU threads may still be inside KVM_RUN: the VM and its memory
+    // must outlive them, which they do because the process exits next.
+    std::mem::forget(vmm);
+    outcome
 }
 
 #[cfg(test)]
@@ -204,6 +417,7 @@ mod tests {
             cmdline: "console=ttyS0 ".into(),
             vcpus: 1,
             mem_mib: 128,
+            smt: false,
             drives: vec![],
             nets: vec![],
         };

@@ -78,11 +78,33 @@ fn invalid_json() {
 fn unknown_key_is_named() {
     let p = tmp(
         "unknown.json",
+        br#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "cpu_templat": "T2"}}"#,
+    );
+    fails_with(
+        &["--config-file", p.to_str().unwrap()],
+        &["unknown field `cpu_templat`"],
+    );
+    std::fs::remove_file(p).unwrap();
+}
+
+#[test]
+fn firecracker_keys_flint_lacks_are_named() {
+    let p = tmp(
+        "template.json",
         br#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "cpu_template": "T2"}}"#,
     );
     fails_with(
         &["--config-file", p.to_str().unwrap()],
-        &["unknown field `cpu_template`"],
+        &["cpu_template", "\"T2\"", "not supported by flint yet"],
+    );
+    std::fs::remove_file(p).unwrap();
+    let p = tmp(
+        "vsock.json",
+        br#"{"boot-source": {"kernel_image_path": "/k"}, "vsock": {"guest_cid": 3, "uds_path": "/tmp/v"}}"#,
+    );
+    fails_with(
+        &["--config-file", p.to_str().unwrap()],
+        &["\"vsock\"", "does not support"],
     );
     std::fs::remove_file(p).unwrap();
 }

@@ -4,6 +4,7 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod log_limit;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};

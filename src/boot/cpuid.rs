@@ -25,10 +25,13 @@ fn id_bits(n: u32) -> u32 {
 }
 
 /// Rewrite `entries` (KVM's supported CPUID) for vCPU `cpu_id` of `cpus`:
-/// one socket, one thread per core, APIC ID = vCPU index; the hypervisor bit
-/// set; no architectural PMU (flint does not virtualize one).
-pub fn normalize(entries: &mut [kvm_cpuid_entry2], cpu_id: u8, cpus: u8) {
+/// one socket, `threads` (1, or 2 with SMT) threads per core, APIC ID =
+/// vCPU index; the hypervisor bit set; no architectural PMU (flint does not
+/// virtualize one).
+pub fn normalize(entries: &mut [kvm_cpuid_entry2], cpu_id: u8, cpus: u8, threads: u8) {
     let cpus = u32::from(cpus);
+    let threads = u32::from(threads.max(1)).min(cpus);
+    let cores = cpus / threads;
     let apic_id = u32::from(cpu_id);
     for e in entries.iter_mut() {
         match e.function {
@@ -44,10 +47,10 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], cpu_id: u8, cpus: u8) {
             }
             LEAF_CACHE => {
                 // EAX[31:26]: cores per package - 1; EAX[25:14]: threads
-                // sharing this cache - 1 (a core each, except shared L3).
+                // sharing this cache - 1 (a core's threads, except shared L3).
                 let level = (e.eax >> 5) & 0x7;
-                let sharing = if level >= 3 { cpus - 1 } else { 0 };
-                e.eax = (e.eax & 0x3fff) | ((cpus - 1) << 26) | (sharing << 14);
+                let sharing = if level >= 3 { cpus - 1 } else { threads - 1 };
+                e.eax = (e.eax & 0x3fff) | ((cores - 1) << 26) | (sharing << 14);
             }
             LEAF_PMU => {
                 e.eax = 0;
@@ -59,8 +62,8 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], cpu_id: u8, cpus: u8) {
                 e.edx = apic_id;
                 match e.index {
                     0 => {
-                        e.eax = 0;
-                        e.ebx = 1;
+                        e.eax = id_bits(threads);
+                        e.ebx = threads;
                         e.ecx = (LEVEL_SMT << 8) | e.index;
                     }
                     1 => {
@@ -105,7 +108,7 @@ mod tests {
             leaf(0xb, 2),
             leaf(0xa, 0),
         ];
-        normalize(&mut e, 3, 4);
+        normalize(&mut e, 3, 4, 1);
         assert_eq!(e[0].ebx >> 24, 3);
         assert_eq!((e[0].ebx >> 16) & 0xff, 4);
         assert_ne!(e[0].ecx & ECX_HYPERVISOR, 0);
@@ -119,7 +122,7 @@ mod tests {
     #[test]
     fn single_cpu_has_no_htt() {
         let mut e = vec![leaf(1, 0)];
-        normalize(&mut e, 0, 1);
+        normalize(&mut e, 0, 1, 1);
         assert_eq!(e[0].edx & EDX_HTT, 0);
         assert_eq!(e[0].ebx >> 24, 0);
     }
@@ -131,10 +134,23 @@ mod tests {
         let mut l3 = leaf(4, 3);
         l3.eax = 3 << 5 | 0x3;
         let mut e = vec![l1, l3];
-        normalize(&mut e, 0, 8);
+        normalize(&mut e, 0, 8, 1);
         assert_eq!(e[0].eax >> 26, 7);
         assert_eq!((e[0].eax >> 14) & 0xfff, 0);
         assert_eq!((e[1].eax >> 14) & 0xfff, 7);
+    }
+
+    #[test]
+    fn smt_gives_two_threads_per_core() {
+        let mut l1 = leaf(4, 0);
+        l1.eax = 1 << 5 | 0x1;
+        let mut e = vec![leaf(0xb, 0), leaf(0xb, 1), l1];
+        normalize(&mut e, 5, 4, 2);
+        assert_eq!((e[0].eax, e[0].ebx, e[0].edx), (1, 2, 5));
+        assert_eq!((e[1].eax, e[1].ebx), (2, 4));
+        // Two cores, each L1 shared by its two threads.
+        assert_eq!(e[2].eax >> 26, 1);
+        assert_eq!((e[2].eax >> 14) & 0xfff, 1);
     }
 
     #[test]

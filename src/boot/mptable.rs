@@ -11,7 +11,7 @@ const MPC_TABLE_START: u64 = 0xf_0000;
 const APIC_VERSION: u8 = 0x14;
 const IOAPIC_VERSION: u8 = 0x11;
 /// IOAPIC input pins (KVM's in-kernel IOAPIC has 24).
-pub const IRQ_PINS: u8 = 24;
+pub const IRQ_PINS: u8 = crate::layout::IOAPIC_PINS;
 const CPU_ENABLED: u8 = 1;
 const CPU_BSP: u8 = 2;
 const MP_PROCESSOR: u8 = 0;

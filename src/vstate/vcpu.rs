@@ -1,7 +1,7 @@
 //! vCPUs: their boot state, their thread, and the dispatch of every exit to
 //! the port-I/O bus, the MMIO bus or the VMM.
 
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 
 use devices::Bus;
@@ -15,7 +15,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::emulate;
+use super::vcpu_control::{self, Next, VcpuControl, VcpuHandle};
 use crate::boot::{cpuid, msr, regs};
+use crate::metrics::VCPU;
 use crate::timer::{self, Phase};
 
 /// Errors from creating or configuring a vCPU.
@@ -58,6 +60,7 @@ pub enum Action {
 /// stop reasons. Unclaimed port reads and MMIO reads return all ones, like
 /// an empty bus.
 pub fn handle_exit(exit: VcpuExit, pio: &Bus, mmio: &Bus) -> Action {
+    VCPU.count_exit(&exit);
     match exit {
         VcpuExit::IoIn(port, data) => {
             if !pio.read(u64::from(port), data) {
@@ -182,10 +185,17 @@ impl Vcpu {
     }
 
     /// Put the vCPU in the 64-bit Linux entry state; `supported` is KVM's
-    /// supported CPUID (see [`supported_cpuid`]), fetched once for all vCPUs.
-    pub fn configure(&self, supported: &CpuId, entry: u64, cpus: u8) -> Result<(), Error> {
+    /// supported CPUID (see [`supported_cpuid`]), fetched once for all vCPUs;
+    /// `threads` per core is 1, or 2 with SMT.
+    pub fn configure(
+        &self,
+        supported: &CpuId,
+        entry: u64,
+        cpus: u8,
+        threads: u8,
+    ) -> Result<(), Error> {
         let mut cpuid = supported.clone();
-        cpuid::normalize(cpuid.as_mut_slice(), self.id, cpus);
+        cpuid::normalize(cpuid.as_mut_slice(), self.id, cpus, threads);
         self.fd
             .set_cpuid2(&cpuid)
             .map_err(self.setup_err("KVM_SET_CPUID2"))?;
@@ -235,23 +245,39 @@ impl Vcpu {
         self.fd.get_tsc_khz().ok()
     }
 
-    /// Start the vCPU's thread.
-    pub fn start(self) -> Result<std::thread::JoinHandle<()>, Error> {
+    /// Start the vCPU's thread; the handle pauses, resumes and kicks it.
+    /// [`vcpu_control::install_kick_handler`] must have run.
+    pub fn start(self) -> Result<VcpuHandle, Error> {
         let id = self.id;
-        std::thread::Builder::new()
+        let (cmd_tx, cmd_rx) = channel();
+        let (ack_tx, ack_rx) = channel();
+        let ctl = VcpuControl {
+            cmd: cmd_rx,
+            ack: ack_tx,
+        };
+        let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || self.run())
-            .map_err(|source| Error::Thread { id, source })
+            .spawn(move || self.run(ctl))
+            .map_err(|source| Error::Thread { id, source })?;
+        Ok(VcpuHandle::new(id, cmd_tx, ack_rx, thread))
     }
 
-    fn run(mut self) {
+    fn run(mut self, ctl: VcpuControl) {
+        vcpu_control::set_thread_kvm_run(self.fd.get_kvm_run());
         if self.id == 0 {
             timer::mark(Phase::FirstKvmRun);
         }
         loop {
+            if ctl.poll() == Next::Exit {
+                return;
+            }
             let action = match self.fd.run() {
                 Ok(exit) => handle_exit(exit, &self.pio, &self.mmio),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Action::Continue,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    // A kick: clear it, then read the commands at the top.
+                    self.fd.set_kvm_immediate_exit(0);
+                    Action::Continue
+                }
                 Err(e) => Action::Stop(StopReason::Crash(format!("KVM_RUN failed: {e}"))),
             };
             let action = match action {

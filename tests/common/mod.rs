@@ -336,3 +336,4 @@ pub fn stop_with_sigterm(vm: &mut Running, timeout: Duration) -> String {
     assert_eq!(status.code(), Some(0), "{out}");
     out
 }
+pub mod api;

@@ -300,7 +300,7 @@ impl I8042Device {
         if let Some(b) = self.output.pop_front() {
             self.last_read = b.value;
             if let Err(e) = self.raise_for_head() {
-                warn!("i8042: cannot signal IRQ {I8042_KBD_IRQ}: {e}");
+                crate::rate_limited!(warn, "i8042: cannot signal IRQ {I8042_KBD_IRQ}: {e}");
             }
         }
         self.last_read
@@ -469,7 +469,7 @@ impl BusDevice for I8042Device {
             _ => Ok(()),
         };
         if let Err(e) = result {
-            warn!("i8042: cannot signal IRQ {I8042_KBD_IRQ}: {e}");
+            crate::rate_limited!(warn, "i8042: cannot signal IRQ {I8042_KBD_IRQ}: {e}");
         }
     }
 }

@@ -211,7 +211,7 @@ impl<W: Write + Send> SerialDevice<W> {
 
     fn irq_failed(&self, e: &io::Error) {
         bump(&self.metrics.irq_errors, 1);
-        warn!("serial: cannot signal IRQ {COM1_IRQ}: {e}");
+        crate::rate_limited!(warn, "serial: cannot signal IRQ {COM1_IRQ}: {e}");
     }
 
     fn register(offset: u64, len: usize) -> Option<u8> {

@@ -14,7 +14,7 @@
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use log::{error, warn};
+use log::error;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -171,6 +171,18 @@ impl MmioTransport {
     }
 
     /// The interrupt whose EventFd the VMM registers as an irqfd.
+    /// The device's configuration space changed (a drive got a new size):
+    /// bump ConfigGeneration and, once the driver runs the device, raise a
+    /// configuration-change interrupt (virtio 1.2, section 2.5.1).
+    pub fn config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.status & STATUS_DRIVER_OK != 0 {
+            if let Err(e) = self.interrupt.trigger(INT_CONFIG) {
+                error!("virtio-mmio: cannot signal a configuration change: {e}");
+            }
+        }
+    }
+
     pub fn interrupt(&self) -> &Arc<Interrupt> {
         &self.interrupt
     }
@@ -191,7 +203,8 @@ impl MmioTransport {
 
     fn violation(&mut self, what: &str, offset: u64, value: u32) {
         self.protocol_errors += 1;
-        warn!(
+        crate::rate_limited!(
+            warn,
             "virtio-mmio (device type {}): ignored {what} at {offset:#x} (value {value:#x}, status {:#x})",
             self.device_type, self.status
         );

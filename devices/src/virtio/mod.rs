@@ -7,6 +7,7 @@
 //! Queue work runs on the VMM's event loop: each device is also an
 //! `event_manager::MutEventSubscriber`.
 
+pub mod active;
 pub mod block;
 pub mod mmio;
 pub mod net;
@@ -133,6 +134,47 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
 }
 
+/// Check that every queue the driver set up lies in guest memory; the
+/// error names the first one that does not. Each device runs this in
+/// `activate` (the transport checks at QueueReady too, but a device must
+/// not trust its caller).
+pub fn check_queues<'a>(
+    queues: impl IntoIterator<Item = &'a Queue>,
+    mem: &GuestMemoryMmap,
+) -> Result<(), ActivateError> {
+    use virtio_queue::QueueT;
+    match queues.into_iter().position(|q| !q.is_valid(mem)) {
+        Some(i) => Err(ActivateError::InvalidQueue(i)),
+        None => Ok(()),
+    }
+}
+
+/// After adding used buffers to `queue`: raise the vring interrupt if the
+/// driver wants one (with EVENT_IDX that is a real question). Returns
+/// whether it was raised. If used_event cannot be read, interrupt anyway:
+/// a spurious interrupt costs less than a lost one.
+pub fn notify_used(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    interrupt: &Interrupt,
+    name: &str,
+) -> bool {
+    use virtio_queue::QueueT;
+    let wanted = match queue.needs_notification(mem) {
+        Ok(w) => w,
+        Err(e) => {
+            crate::rate_limited!(error, "{name}: cannot read the queue's used_event: {e}");
+            true
+        }
+    };
+    if wanted {
+        if let Err(e) = interrupt.trigger(INT_VRING) {
+            crate::rate_limited!(error, "{name}: cannot interrupt the guest: {e}");
+        }
+    }
+    wanted
+}
+
 /// Read `data.len()` bytes at `offset` of a little-endian config image,
 /// zero-filling anything beyond its end (the spec leaves such reads undefined;
 /// zeros are the kind answer).
@@ -165,6 +207,26 @@ mod tests {
         assert!(irq.needs_reset());
         irq.clear_needs_reset();
         assert!(!irq.needs_reset());
+    }
+
+    #[test]
+    fn queues_outside_memory_are_named() {
+        use virtio_queue::QueueT;
+        let mem = GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 0x10000)]).unwrap();
+        let queue = |used: u64| {
+            let mut q = Queue::new(16).unwrap();
+            q.set_desc_table_address(Some(0x1000), Some(0));
+            q.set_avail_ring_address(Some(0x2000), Some(0));
+            q.set_used_ring_address(Some(used as u32), Some((used >> 32) as u32));
+            q.set_ready(true);
+            q
+        };
+        let (good, bad) = (queue(0x3000), queue(0x10_0000));
+        assert!(check_queues([&good], &mem).is_ok());
+        assert!(matches!(
+            check_queues([&good, &bad], &mem),
+            Err(ActivateError::InvalidQueue(1))
+        ));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use virtio_bindings::bindings::virtio_blk::{
     virtio_blk_config, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
 };
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -22,6 +22,7 @@ use super::request::Disk;
 use super::{
     BlockConfig, BlockCounters, BlockError, EngineType, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE,
 };
+use crate::virtio::active::ActiveQueues;
 use crate::virtio::{
     read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
@@ -37,13 +38,9 @@ const CONFIG_LEN: usize = SEG_MAX_OFFSET + 4;
 const QUEUE_TOKEN: u32 = 0;
 const COMPLETION_TOKEN: u32 = 1;
 
-/// What activation hands the device: where the queue lives and how to
+/// What activation hands the device: where its one queue lives and how to
 /// interrupt.
-pub(super) struct Active {
-    pub mem: GuestMemoryMmap,
-    pub interrupt: Arc<Interrupt>,
-    pub queue: Queue,
-}
+pub(super) type Active = ActiveQueues<1>;
 
 /// A virtio-blk device backed by a raw image file.
 ///
@@ -132,6 +129,44 @@ impl Block {
             stalled: false,
             broken: false,
         })
+    }
+
+    /// Serve another image from now on (Firecracker's PATCH /drives):
+    /// same read-only mode, new size. Requests already taken finish on the
+    /// old file first. The caller tells the driver (a configuration-change
+    /// interrupt) so it reads the new capacity.
+    pub fn swap_backing(&mut self, path: &Path) -> Result<(), BlockError> {
+        let file = open_image(path, self.disk.read_only)?;
+        let meta = file.metadata().map_err(|source| BlockError::Metadata {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Err(BlockError::NotAFile {
+                path: path.to_path_buf(),
+            });
+        }
+        let size = meta.len();
+        if size % SECTOR_SIZE != 0 {
+            return Err(BlockError::UnalignedSize {
+                path: path.to_path_buf(),
+                size,
+            });
+        }
+        // Requests already handed to the host finish on the old file; they
+        // are answered below, after the swap.
+        if !self.engine.finish_in_flight(&mut self.done) || self.engine.replace_file(file).is_err()
+        {
+            return Err(BlockError::Busy {
+                path: self.path.clone(),
+            });
+        }
+        self.disk.capacity = size;
+        self.config[CAPACITY_OFFSET..CAPACITY_OFFSET + 8]
+            .copy_from_slice(&(size / SECTOR_SIZE).to_le_bytes());
+        self.path = path.to_path_buf();
+        self.process_completions();
+        Ok(())
     }
 
     /// The image this device serves.
@@ -288,22 +323,12 @@ impl VirtioDevice for Block {
         &mut self,
         mem: GuestMemoryMmap,
         interrupt: Arc<Interrupt>,
-        mut queues: Vec<Queue>,
+        queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                got: queues.len(),
-                want: 1,
-            });
-        }
-        let mut queue = queues.remove(0);
-        queue.set_event_idx(self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
+        let event_idx = self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        let active = Active::new(mem, interrupt, queues, event_idx)?;
         self.quiesce();
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            queue,
-        });
+        self.active = Some(active);
         self.stalled = false;
         self.broken = false;
         // Let the event loop look at the queue once, in case the driver

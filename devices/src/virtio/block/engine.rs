@@ -49,6 +49,28 @@ impl Engine {
         }
     }
 
+    /// Wait for every request in flight, their completions into `done`;
+    /// false if the kernel would not let us wait.
+    pub fn finish_in_flight(&mut self, done: &mut Vec<Completion>) -> bool {
+        match self {
+            Engine::Sync(_) => true,
+            Engine::IoUring(e) => e.finish_in_flight(done),
+        }
+    }
+
+    /// Serve `file` from now on; call with nothing in flight
+    /// ([`Engine::finish_in_flight`]), else `file` comes back.
+    pub fn replace_file(&mut self, file: File) -> Result<(), File> {
+        if self.in_flight() > 0 {
+            return Err(file);
+        }
+        match self {
+            Engine::Sync(e) => e.replace_file(file),
+            Engine::IoUring(e) => e.replace_file(file),
+        }
+        Ok(())
+    }
+
     pub fn kind(&self) -> EngineType {
         match self {
             Engine::Sync(_) => EngineType::Sync,

@@ -5,7 +5,7 @@
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 
-use log::{error, warn};
+use log::error;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestMemoryBackend};
 
@@ -13,7 +13,6 @@ use super::device::{Active, Block};
 use super::engine::Completion;
 use super::request::{self, Kind, Parsed, Pending, STATUS_IOERR, STATUS_OK};
 use super::BlockCounters;
-use crate::virtio::INT_VRING;
 
 /// A guest can cause one log line per bad request; keep the first few and
 /// then every power of two.
@@ -33,13 +32,13 @@ impl Block {
         self.stalled = false;
         let mut added = 0;
         loop {
-            if let Err(e) = act.queue.disable_notification(&act.mem) {
+            if let Err(e) = act.queues[0].disable_notification(&act.mem) {
                 self.broken = true;
-                error!("disk {}: queue unusable: {e}", self.path.display());
+                crate::rate_limited!(error, "disk {}: queue unusable: {e}", self.path.display());
                 break;
             }
             while self.engine.has_room() {
-                let Some(chain) = act.queue.pop_descriptor_chain(&act.mem) else {
+                let Some(chain) = act.queues[0].pop_descriptor_chain(&act.mem) else {
                     break;
                 };
                 self.counters.requests += 1;
@@ -47,7 +46,11 @@ impl Block {
                     Parsed::Broken { head, why } => {
                         self.counters.broken_chains += 1;
                         if worth_logging(self.counters.broken_chains) {
-                            warn!("disk {}: broken request: {why}", self.path.display());
+                            crate::rate_limited!(
+                                warn,
+                                "disk {}: broken request: {why}",
+                                self.path.display()
+                            );
                         }
                         add_used(act, head, 0);
                         added += 1;
@@ -60,7 +63,11 @@ impl Block {
                         count_kind(&mut self.counters, pending.kind);
                         if let Some(why) = why {
                             if worth_logging(self.counters.errors + 1) {
-                                warn!("disk {}: refused request: {why}", self.path.display());
+                                crate::rate_limited!(
+                                    warn,
+                                    "disk {}: refused request: {why}",
+                                    self.path.display()
+                                );
                             }
                         }
                         finish(act, &mut self.counters, pending, status);
@@ -83,7 +90,7 @@ impl Block {
                 self.stalled = true;
                 break;
             }
-            match act.queue.enable_notification(&act.mem) {
+            match act.queues[0].enable_notification(&act.mem) {
                 Ok(false) => break,
                 Ok(true) if ring_overrun(act) => {
                     self.broken = true;
@@ -97,7 +104,11 @@ impl Block {
                 Ok(true) => {}
                 Err(e) => {
                     self.broken = true;
-                    error!("disk {}: queue unusable: {e}", self.path.display());
+                    crate::rate_limited!(
+                        error,
+                        "disk {}: queue unusable: {e}",
+                        self.path.display()
+                    );
                     break;
                 }
             }
@@ -129,8 +140,8 @@ impl Block {
 /// The available index is further ahead than a queue can hold: the driver
 /// is broken, and virtio-queue will not hand out chains.
 fn ring_overrun(act: &Active) -> bool {
-    match act.queue.avail_idx(&act.mem, Ordering::Acquire) {
-        Ok(idx) => (idx - Wrapping(act.queue.next_avail())).0 > act.queue.size(),
+    match act.queues[0].avail_idx(&act.mem, Ordering::Acquire) {
+        Ok(idx) => (idx - Wrapping(act.queues[0].next_avail())).0 > act.queues[0].size(),
         Err(_) => true,
     }
 }
@@ -145,7 +156,7 @@ fn count_kind(c: &mut BlockCounters, kind: Kind) {
 }
 
 fn add_used(act: &mut Active, head: u16, len: u32) {
-    if let Err(e) = act.queue.add_used(&act.mem, head, len) {
+    if let Err(e) = act.queues[0].add_used(&act.mem, head, len) {
         error!("virtio-blk: cannot return descriptor {head} to the driver: {e}");
     }
 }
@@ -203,12 +214,7 @@ fn signal(act: &mut Active, added: usize, counters: &mut BlockCounters) {
     if added == 0 {
         return;
     }
-    // On error, interrupt anyway: a spurious interrupt costs less than a
-    // lost one.
-    if act.queue.needs_notification(&act.mem).unwrap_or(true) {
+    if act.notify(0, "virtio-blk") {
         counters.interrupts += 1;
-        if let Err(e) = act.interrupt.trigger(INT_VRING) {
-            error!("virtio-blk: cannot interrupt the guest: {e}");
-        }
     }
 }

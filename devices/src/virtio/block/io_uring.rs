@@ -84,6 +84,11 @@ impl UringEngine {
         &self.evt
     }
 
+    /// Serve a different file from now on; only with nothing in flight.
+    pub fn replace_file(&mut self, file: File) {
+        self.file = file;
+    }
+
     pub fn has_room(&self) -> bool {
         !self.free.is_empty()
     }
@@ -217,6 +222,24 @@ impl UringEngine {
         if resubmitted {
             self.submit();
         }
+    }
+
+    /// Wait for all requests in flight and hand their completions over;
+    /// false if the kernel would not let us wait.
+    pub fn finish_in_flight(&mut self, done: &mut Vec<Completion>) -> bool {
+        while self.in_flight() > 0 {
+            self.submit();
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    error!("io_uring: cannot wait for in-flight requests: {e}");
+                    return false;
+                }
+            }
+            self.reap(done);
+        }
+        true
     }
 
     /// Wait for all requests in flight and drop them; false if the kernel

@@ -29,14 +29,14 @@ pub const QUEUE_SIZE: u16 = 256;
 /// Bytes of the GET_ID answer.
 pub const ID_BYTES: usize = 20;
 
-/// What FLUSH means for the host file.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What FLUSH means for the host file. The VMM's configuration owns the
+/// default (`Unsafe`, as Firecracker's); this enum has none on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheType {
     /// Writes go to the host page cache and FLUSH is acknowledged without
     /// syncing: fastest, and a host crash can lose what the guest flushed.
     Unsafe,
     /// Writes go to the host page cache and FLUSH runs fdatasync.
-    #[default]
     Writeback,
 }
 
@@ -87,6 +87,8 @@ pub enum BlockError {
     UnalignedSize { path: PathBuf, size: u64 },
     #[error("could not create the queue EventFd of disk {path}: {source}")]
     EventFd { path: PathBuf, source: io::Error },
+    #[error("disk image {path}: requests in flight cannot be waited for; try again")]
+    Busy { path: PathBuf },
 }
 
 /// What the device has done since it was built, for the VMM to print.

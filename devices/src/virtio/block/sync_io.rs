@@ -18,6 +18,10 @@ impl SyncEngine {
         Self { file }
     }
 
+    pub fn replace_file(&mut self, file: File) {
+        self.file = file;
+    }
+
     pub fn execute(&self, op: &mut IoOp) -> io::Result<()> {
         match op {
             IoOp::Read { offset, iovecs } => transfer(&self.file, iovecs, *offset, false),

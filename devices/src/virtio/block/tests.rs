@@ -665,3 +665,37 @@ fn through_the_mmio_transport() {
         assert!(blk.lock().unwrap().active.is_none());
     }
 }
+
+#[test]
+fn swapping_the_backing_file_serves_the_new_one_with_its_size() {
+    with_device(
+        "swap",
+        |_| {},
+        |_, mem, vq, blk| {
+            let bigger: Vec<u8> = (0..2 * IMAGE_SIZE).map(|i| (i % 251) as u8).collect();
+            let other = TempImage::new("swap-new", &bigger);
+            blk.swap_backing(&other.0).unwrap();
+            assert_eq!(blk.capacity(), (2 * IMAGE_SIZE / 512) as u64);
+            let mut cap = [0u8; 8];
+            blk.read_config(0, &mut cap);
+            assert_eq!(u64::from_le_bytes(cap), (2 * IMAGE_SIZE / 512) as u64);
+            assert_eq!(blk.path(), other.0.as_path());
+            // A read now comes from the new file, beyond the old end too.
+            let sector = (IMAGE_SIZE / 512 + 1) as u64;
+            let st = request(mem, vq, 0, VIRTIO_BLK_T_IN, sector, &[(DATA, 512, true)]);
+            run(blk, vq, 1);
+            assert_eq!(status(mem, st), STATUS_OK);
+            let mut got = vec![0u8; 512];
+            mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+            let at = sector as usize * 512;
+            assert_eq!(got, bigger[at..at + 512]);
+            // A bad file leaves the device as it was.
+            let odd = TempImage::new("swap-odd", &[0u8; 1000]);
+            assert!(matches!(
+                blk.swap_backing(&odd.0),
+                Err(BlockError::UnalignedSize { .. })
+            ));
+            assert_eq!(blk.path(), other.0.as_path());
+        },
+    );
+}

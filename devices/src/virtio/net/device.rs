@@ -10,7 +10,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
     VIRTIO_NET_S_LINK_UP,
 };
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -21,9 +21,10 @@ use super::{
     generate_mac, tap_offload_flags, validate_mac, Error, NetConfig, NetCounters, MIN_MTU,
     QUEUE_SIZE, RX_INDEX, TX_INDEX, VNET_HDR_LEN, VNET_HDR_LEN_LEGACY,
 };
+use crate::virtio::active::ActiveQueues;
 use crate::virtio::{
-    read_config_bytes, ActivateError, Interrupt, VirtioDevice, INT_VRING, TYPE_NET,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 
 const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];
@@ -37,13 +38,9 @@ const TOKEN_TX_QUEUE: u32 = 1;
 const TOKEN_ACTIVATE: u32 = 2;
 const TOKEN_BACKEND: u32 = 3;
 
-/// What exists only between DRIVER_OK and reset.
-struct Active {
-    mem: GuestMemoryMmap,
-    interrupt: Arc<Interrupt>,
-    rx: Queue,
-    tx: Queue,
-}
+/// What exists only between DRIVER_OK and reset: queues RX_INDEX and
+/// TX_INDEX.
+type Active = ActiveQueues<2>;
 
 /// A virtio-net device.
 ///
@@ -184,11 +181,13 @@ impl Net {
         let Some(a) = self.active.as_mut() else {
             return;
         };
-        if self
-            .rx
-            .process(self.backend.as_mut(), &a.mem, &mut a.rx, &mut self.counters)
-        {
-            signal_used(&mut a.rx, &a.mem, &a.interrupt, "RX");
+        if self.rx.process(
+            self.backend.as_mut(),
+            &a.mem,
+            &mut a.queues[RX_INDEX],
+            &mut self.counters,
+        ) {
+            a.notify(RX_INDEX, "net RX queue");
         }
     }
 
@@ -196,11 +195,13 @@ impl Net {
         let Some(a) = self.active.as_mut() else {
             return;
         };
-        if self
-            .tx
-            .process(self.backend.as_mut(), &a.mem, &mut a.tx, &mut self.counters)
-        {
-            signal_used(&mut a.tx, &a.mem, &a.interrupt, "TX");
+        if self.tx.process(
+            self.backend.as_mut(),
+            &a.mem,
+            &mut a.queues[TX_INDEX],
+            &mut self.counters,
+        ) {
+            a.notify(TX_INDEX, "net TX queue");
         }
     }
 
@@ -224,20 +225,6 @@ impl Net {
                 if want { "add" } else { "remove" }
             ),
         }
-    }
-}
-
-/// Interrupt the guest if it asked to hear about these used buffers
-/// (EVENT_IDX makes that a real question).
-fn signal_used(queue: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt, name: &str) {
-    match queue.needs_notification(mem) {
-        Ok(false) => {}
-        Ok(true) => {
-            if let Err(e) = interrupt.trigger(INT_VRING) {
-                log::error!("net: cannot signal the {name} queue interrupt: {e}");
-            }
-        }
-        Err(e) => log::error!("net: cannot read the {name} queue's used_event: {e}"),
     }
 }
 
@@ -290,18 +277,8 @@ impl VirtioDevice for Net {
         interrupt: Arc<Interrupt>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        let got = queues.len();
-        let Ok([mut rx, mut tx]) = <[Queue; 2]>::try_from(queues) else {
-            return Err(ActivateError::QueueCount { got, want: 2 });
-        };
-        for (i, q) in [(RX_INDEX, &rx), (TX_INDEX, &tx)] {
-            if !q.is_valid(&mem) {
-                return Err(ActivateError::InvalidQueue(i));
-            }
-        }
         let event_idx = self.has_feature(VIRTIO_RING_F_EVENT_IDX);
-        rx.set_event_idx(event_idx);
-        tx.set_event_idx(event_idx);
+        let active = Active::new(mem, interrupt, queues, event_idx)?;
 
         let mrg_rxbuf = self.has_feature(VIRTIO_NET_F_MRG_RXBUF);
         let hdr_len = if self.has_feature(VIRTIO_F_VERSION_1) || mrg_rxbuf {
@@ -324,12 +301,7 @@ impl VirtioDevice for Net {
         self.rx.hdr_len = hdr_len;
         self.rx.mrg_rxbuf = mrg_rxbuf;
         self.tx.hdr_len = hdr_len;
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            rx,
-            tx,
-        });
+        self.active = Some(active);
         self.activate_evt.write(1).map_err(ActivateError::Signal)
     }
 
