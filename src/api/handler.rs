@@ -319,36 +319,32 @@ mod tests {
             r,
             Response::fault("PUT /machine-config: mem_size_mib must be at least 16, got 0")
         );
-        let r = pre(
-            &mut st,
-            "PATCH",
-            "/drives/a",
-            r#"{"drive_id": "a", "path_on_host": "/x"}"#,
-        );
-        assert!(
-            matches!(&r, Response::Fault(m) if m.contains("before InstanceStart")),
-            "{r:?}"
-        );
-        let r = pre(
-            &mut st,
-            "PUT",
-            "/actions",
-            r#"{"action_type": "SendCtrlAltDel"}"#,
-        );
-        assert!(
-            matches!(&r, Response::Fault(m) if m.contains("not started")),
-            "{r:?}"
-        );
-        let r = pre(
-            &mut st,
-            "PUT",
-            "/actions",
-            r#"{"action_type": "FlushMetrics"}"#,
-        );
-        assert!(
-            matches!(&r, Response::Fault(m) if m.contains("not configured")),
-            "{r:?}"
-        );
+        for (method, path, body, needle) in [
+            (
+                "PATCH",
+                "/drives/a",
+                r#"{"drive_id": "a", "path_on_host": "/x"}"#,
+                "before InstanceStart",
+            ),
+            (
+                "PUT",
+                "/actions",
+                r#"{"action_type": "SendCtrlAltDel"}"#,
+                "not started",
+            ),
+            (
+                "PUT",
+                "/actions",
+                r#"{"action_type": "FlushMetrics"}"#,
+                "not configured",
+            ),
+        ] {
+            let r = pre(&mut st, method, path, body);
+            assert!(
+                matches!(&r, Response::Fault(m) if m.contains(needle)),
+                "{method} {path}: {r:?}"
+            );
+        }
         let r = pre(
             &mut st,
             "PUT",
