@@ -861,7 +861,7 @@ fn tap_in_use_by_another_process_is_refused() {
 fn two_vms_at_once_each_with_its_own_disk_and_tap_do_not_disturb_each_other() {
     require_root("two_vms_at_once_each_with_its_own_disk_and_tap_do_not_disturb_each_other");
     // Kernel-level, so it runs on the bare host: the lab runs one VM at a
-    // time reliably (shared/HOST-KVM.md), a kvm_pvm host runs many.
+    // time reliably (resources/lab/README.md), a kvm_pvm host runs many.
     let (kernel, rootfs) = (artifact("kernel"), artifact("rootfs"));
     let macs = [MAC0, MAC1];
     let vms: Vec<(Netns, std::path::PathBuf, Running)> = macs
