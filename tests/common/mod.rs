@@ -132,7 +132,7 @@ pub fn lab_run_test(test: &str, lab_args: &[&str]) {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        if attempt == 1 && lab_instability(out.status.code(), &text) {
+        if attempt == 1 && !out.status.success() && lab_instability(out.status.code(), &text) {
             use std::io::Write;
             let _ = writeln!(
                 std::io::stderr(),
