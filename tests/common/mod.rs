@@ -114,10 +114,10 @@ pub fn lab_run_test(test: &str, lab_args: &[&str]) {
     let mut attempt = 1;
     let (out, text) = loop {
         let mut cmd = Command::new(&lab);
-        // The test's own deadlines end a hung guest or flint long before
-        // this; the lab's timeout only bounds a lab VM that stopped making
-        // progress.
-        cmd.args(["run", "--no-tty", "--timeout", "600"])
+        // The lab's timeout bounds a lab VM that stopped making progress
+        // without a soft lockup; each lab test takes 10-70 s here, and its
+        // own deadlines catch a hung guest or flint.
+        cmd.args(["run", "--no-tty", "--timeout", "300"])
             .args(lab_args)
             .arg("--");
         cmd.arg(&exe)
