@@ -69,7 +69,11 @@ impl VmResources {
     /// Apply the command-line flags: scalars replace, drives and
     /// interfaces add.
     pub fn apply_flags(&mut self, flags: Overrides) {
-        if flags.kernel.is_some() || flags.initrd.is_some() || flags.cmdline.is_some() {
+        if flags.kernel.is_some()
+            || flags.initrd.is_some()
+            || flags.cmdline.is_some()
+            || flags.append.is_some()
+        {
             let b = self.boot_source.get_or_insert_with(BootSource::default);
             if let Some(k) = flags.kernel {
                 b.kernel_image_path = k;
@@ -80,11 +84,10 @@ impl VmResources {
             if flags.cmdline.is_some() {
                 b.boot_args = flags.cmdline;
             }
-        }
-        if let Some(extra) = flags.append {
-            let b = self.boot_source.get_or_insert_with(BootSource::default);
-            let base = b.boot_args.as_deref().unwrap_or(config::DEFAULT_CMDLINE);
-            b.boot_args = Some(format!("{} {}", base.trim_end(), extra.trim()));
+            if let Some(extra) = flags.append {
+                let base = b.boot_args.as_deref().unwrap_or(config::DEFAULT_CMDLINE);
+                b.boot_args = Some(format!("{} {}", base.trim_end(), extra.trim()));
+            }
         }
         if flags.vcpus.is_some() {
             self.machine.vcpu_count = flags.vcpus;

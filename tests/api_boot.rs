@@ -1,6 +1,6 @@
 //! Real guests driven over Firecracker's API. On a kvm_pvm host these
 //! check what the guest kernel does by itself; the ones that need guest
-//! user space say why they skip there. Every response is checked against
+//! user space re-run themselves in the lab VM there. Every response is checked against
 //! src/api/openapi.json.
 
 mod common;

@@ -245,21 +245,10 @@ impl UringEngine {
     /// Wait for all requests in flight and drop them; false if the kernel
     /// would not let us wait, and some may still be running.
     pub fn drain(&mut self) -> bool {
-        let mut discard = Vec::new();
-        while self.in_flight() > 0 {
-            self.submit();
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // The slots keep their iovecs; the caller keeps guest
-                    // memory mapped.
-                    error!("io_uring: cannot wait for in-flight requests: {e}");
-                    return false;
-                }
-            }
-            self.reap(&mut discard);
-            discard.clear();
+        // On failure the slots keep their iovecs; the caller keeps guest
+        // memory mapped.
+        if !self.finish_in_flight(&mut Vec::new()) {
+            return false;
         }
         let _ = self.evt.read();
         true
