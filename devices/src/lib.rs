@@ -5,6 +5,7 @@
 pub mod bus;
 pub mod legacy;
 pub mod log_limit;
+pub mod rate_limiter;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
