@@ -42,17 +42,22 @@ impl Rng {
                 };
                 if let Some(bucket) = self.bucket.as_mut().filter(|_| len > 0) {
                     if let Reduction::Wait(after) = bucket.reduce(len as u64, now) {
-                        // Put the chain back; the timer brings us here again.
-                        // Notifications stay off: kicks would only be ignored.
-                        act.queues[0].go_to_previous_position();
-                        self.counters.throttled += 1;
-                        self.throttled = true;
-                        if let Err(e) = timer::arm_once(&mut self.timer, after) {
-                            // Without a timer nothing would resume the queue.
-                            log::error!("entropy device: cannot arm the rate limiter's timer: {e}");
-                            self.throttled = false;
+                        match timer::arm_once(&mut self.timer, after) {
+                            Ok(()) => {
+                                // Put the chain back; the timer brings us here
+                                // again. Notifications stay off: kicks would
+                                // only be ignored.
+                                act.queues[0].go_to_previous_position();
+                                self.counters.throttled += 1;
+                                self.throttled = true;
+                                break 'ring;
+                            }
+                            // Without a timer nothing would resume the
+                            // queue: serve the request rather than stall.
+                            Err(e) => log::error!(
+                                "entropy device: cannot arm the rate limiter's timer: {e}"
+                            ),
                         }
-                        break 'ring;
                     }
                 }
                 self.counters.requests += 1;
