@@ -11,6 +11,7 @@ pub mod active;
 pub mod block;
 pub mod mmio;
 pub mod net;
+pub mod vsock;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -22,6 +23,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 /// virtio device IDs (virtio 1.2, section 5).
 pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_VSOCK: u32 = 19;
 
 /// Feature bits common to every device.
 pub const VIRTIO_F_VERSION_1: u32 = 32;
@@ -105,7 +107,7 @@ impl Interrupt {
 
 /// A virtio device model behind a transport.
 pub trait VirtioDevice: Send {
-    /// virtio device ID ([`TYPE_NET`], [`TYPE_BLOCK`]).
+    /// virtio device ID ([`TYPE_NET`], [`TYPE_BLOCK`], [`TYPE_VSOCK`]).
     fn device_type(&self) -> u32;
     /// Maximum size of each queue; the length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
