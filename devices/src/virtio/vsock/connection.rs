@@ -218,7 +218,7 @@ impl Connection {
     }
 
     /// Handle a packet the guest sent on this connection.
-    pub(super) fn from_guest(
+    pub(super) fn handle_guest_packet(
         &mut self,
         hdr: &Header,
         payload: &[u8],

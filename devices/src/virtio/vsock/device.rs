@@ -120,6 +120,11 @@ impl Vsock {
         self.muxer.connection_count()
     }
 
+    #[cfg(test)]
+    pub(super) fn set_max_connections(&mut self, max: usize) {
+        self.muxer.max_connections = max;
+    }
+
     /// Whether the driver has set DRIVER_OK (and not reset since).
     pub fn is_activated(&self) -> bool {
         self.active.is_some()
@@ -148,7 +153,7 @@ impl Vsock {
                 match parsed {
                     Ok(hdr) => {
                         counters.tx_packets += 1;
-                        self.muxer.from_guest(&hdr, &self.tx_payload);
+                        self.muxer.handle_guest_packet(&hdr, &self.tx_payload);
                     }
                     Err((_, why)) => {
                         counters.tx_malformed += 1;

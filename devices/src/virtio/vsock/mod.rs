@@ -79,6 +79,10 @@ pub const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_SIZE / 4;
 /// (as in Firecracker), far from the ports guests usually listen on.
 pub const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
+/// Open connections (and host streams still sending CONNECT) at most; more
+/// are refused, so neither side can run the VMM out of file descriptors.
+pub const MAX_CONNECTIONS: usize = 1024;
+
 /// Longest `CONNECT <port>\n` line accepted; a longer one closes the stream.
 pub const MAX_CONNECT_LINE: usize = 32;
 
@@ -186,6 +190,9 @@ pub struct VsockCounters {
     pub guest_connections: u64,
     /// Guest connection requests refused because nothing listens there.
     pub guest_connect_failures: u64,
+    /// Connections refused (host streams closed, guest requests reset)
+    /// because MAX_CONNECTIONS were open.
+    pub over_limit: u64,
     /// Connections reset because the guest broke the protocol (data beyond
     /// its credit, an unexpected op).
     pub protocol_errors: u64,
@@ -199,8 +206,8 @@ impl std::fmt::Display for VsockCounters {
             f,
             "{} packets ({} bytes) from the guest, {} to it ({} bytes), {} + {} malformed \
              TX/RX chains, {} misaddressed, {} for unknown connections, {} host and {} guest \
-             connections, {} bad CONNECT lines, {} refused guest connects, {} protocol errors, \
-             {} resets sent",
+             connections, {} bad CONNECT lines, {} refused guest connects, {} over the limit, \
+             {} protocol errors, {} resets sent",
             self.tx_packets,
             self.tx_bytes,
             self.rx_packets,
@@ -213,6 +220,7 @@ impl std::fmt::Display for VsockCounters {
             self.guest_connections,
             self.bad_connect_lines,
             self.guest_connect_failures,
+            self.over_limit,
             self.protocol_errors,
             self.resets_sent
         )

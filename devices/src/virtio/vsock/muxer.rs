@@ -17,7 +17,10 @@ use event_manager::{EventOps, EventSet, Events};
 use super::connection::{Action, Connection, Rx};
 use super::packet::Header;
 use super::unix::{connect_guest_port, Line, Listener, PendingHost};
-use super::{Error, VsockConfig, VsockCounters, FIRST_LOCAL_PORT, HOST_CID, OP_REQUEST, OP_RST};
+use super::{
+    Error, VsockConfig, VsockCounters, FIRST_LOCAL_PORT, HOST_CID, MAX_CONNECTIONS, OP_REQUEST,
+    OP_RST,
+};
 
 /// (host port, guest port) of a connection.
 pub(super) type ConnKey = (u32, u32);
@@ -52,6 +55,8 @@ pub(super) struct Muxer {
     graveyard: Vec<(UnixStream, u32, EventSet)>,
     /// Whether the guest driver is up; host connects are refused otherwise.
     active: bool,
+    /// MAX_CONNECTIONS, lower in tests.
+    pub(super) max_connections: usize,
     pub(super) counters: VsockCounters,
 }
 
@@ -70,6 +75,7 @@ impl Muxer {
             rx_queue: VecDeque::new(),
             graveyard: Vec::new(),
             active: false,
+            max_connections: MAX_CONNECTIONS,
             counters: VsockCounters::default(),
         })
     }
@@ -99,6 +105,10 @@ impl Muxer {
         self.tokens.clear();
         self.control.clear();
         self.rx_queue.clear();
+    }
+
+    fn full(&self) -> bool {
+        self.conns.len() + self.pending.len() >= self.max_connections
     }
 
     fn alloc_token(&mut self) -> u32 {
@@ -169,7 +179,7 @@ impl Muxer {
     }
 
     /// A well-formed packet from the guest.
-    pub(super) fn from_guest(&mut self, hdr: &Header, payload: &[u8]) {
+    pub(super) fn handle_guest_packet(&mut self, hdr: &Header, payload: &[u8]) {
         if hdr.src_cid != self.guest_cid || hdr.dst_cid != HOST_CID {
             self.counters.bad_address += 1;
             crate::rate_limited!(
@@ -185,7 +195,7 @@ impl Muxer {
         }
         let key = (hdr.dst_port, hdr.src_port);
         if let Some(conn) = self.conns.get_mut(&key) {
-            let action = conn.from_guest(hdr, payload, &mut self.counters);
+            let action = conn.handle_guest_packet(hdr, payload, &mut self.counters);
             self.apply(key, action);
             return;
         }
@@ -200,6 +210,17 @@ impl Muxer {
     }
 
     fn guest_connect(&mut self, req: &Header) {
+        if self.full() {
+            self.counters.over_limit += 1;
+            crate::rate_limited!(
+                warn,
+                "vsock: refusing a guest connection to port {}: {} connections are open",
+                req.dst_port,
+                self.max_connections
+            );
+            self.reply_rst(req);
+            return;
+        }
         match connect_guest_port(&self.uds_path, req.dst_port) {
             Ok(stream) => {
                 let token = self.alloc_token();
@@ -271,6 +292,16 @@ impl Muxer {
                     return;
                 }
             };
+            if self.full() {
+                self.counters.over_limit += 1;
+                crate::rate_limited!(
+                    warn,
+                    "vsock {}: refusing a host connection: {} connections are open",
+                    self.uds_path.display(),
+                    self.max_connections
+                );
+                continue;
+            }
             let token = self.alloc_token();
             let events = Events::with_data(&stream, token, EventSet::IN);
             match ops.add(events) {

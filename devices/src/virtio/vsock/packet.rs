@@ -18,6 +18,8 @@ pub enum PacketError {
     OutsideMemory,
     #[error("{0} bytes, shorter than the 44-byte header")]
     TooShort(usize),
+    #[error("an RX chain of {0} bytes, no room for data after the 44-byte header")]
+    NoRoom(usize),
     #[error("payload length {0} is over the {MAX_PKT_LEN}-byte limit")]
     TooLong(u32),
     #[error("payload length {len} is more than the {room} bytes the chain holds")]
@@ -229,10 +231,12 @@ fn parse_payload(
     Ok(())
 }
 
-/// Check a guest RX chain: writable, in memory, room for a header.
+/// Check a guest RX chain: writable, in memory, room for a header and at
+/// least one data byte (every packet must fit any buffer, so data never
+/// waits for a bigger one; drivers post 4 KiB or more).
 pub fn check_rx(segs: Segments) -> Result<Segments, (u16, PacketError)> {
-    if segs.capacity < HDR_LEN {
-        return Err((segs.head, PacketError::TooShort(segs.capacity)));
+    if segs.capacity <= HDR_LEN {
+        return Err((segs.head, PacketError::NoRoom(segs.capacity)));
     }
     Ok(segs)
 }
