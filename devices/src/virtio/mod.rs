@@ -14,6 +14,7 @@ pub mod mmio;
 pub mod net;
 pub mod rng;
 pub mod timer;
+pub mod vsock;
 
 #[cfg(test)]
 pub(crate) mod testing;
@@ -30,6 +31,7 @@ pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 pub const TYPE_BALLOON: u32 = 5;
+pub const TYPE_VSOCK: u32 = 19;
 
 /// Feature bits common to every device.
 pub const VIRTIO_F_VERSION_1: u32 = 32;
@@ -113,7 +115,7 @@ impl Interrupt {
 
 /// A virtio device model behind a transport.
 pub trait VirtioDevice: Send {
-    /// virtio device ID ([`TYPE_NET`], [`TYPE_BLOCK`], ...).
+    /// virtio device ID ([`TYPE_NET`], [`TYPE_BLOCK`], [`TYPE_VSOCK`], ...).
     fn device_type(&self) -> u32;
     /// Maximum size of each queue; the length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
