@@ -13,8 +13,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::{
-    self, validate_drives, validate_nets, BootSource, DriveConfig, Error, FileConfig, LoggerConfig,
-    MachineConfig, MetricsConfig, NetConfig, Overrides, VmConfig,
+    self, validate_drives, validate_nets, BalloonConfig, BootSource, DriveConfig, EntropyConfig,
+    Error, FileConfig, LoggerConfig, MachineConfig, MetricsConfig, NetConfig, Overrides, VmConfig,
+    VsockConfig,
 };
 
 /// `PATCH /machine-config`: only the fields given change.
@@ -38,6 +39,9 @@ pub struct VmResources {
     pub nets: Vec<NetConfig>,
     pub logger: Option<LoggerConfig>,
     pub metrics: Option<MetricsConfig>,
+    pub vsock: Option<VsockConfig>,
+    pub entropy: Option<EntropyConfig>,
+    pub balloon: Option<BalloonConfig>,
 }
 
 fn must_exist(field: &'static str, path: &Path) -> Result<(), Error> {
@@ -63,6 +67,9 @@ impl VmResources {
             nets: file.network_interfaces,
             logger: file.logger,
             metrics: file.metrics,
+            vsock: file.vsock,
+            entropy: file.entropy,
+            balloon: file.balloon,
         })
     }
 
@@ -97,6 +104,15 @@ impl VmResources {
         }
         self.drives.extend(flags.drives);
         self.nets.extend(flags.nets);
+        if flags.vsock.is_some() {
+            self.vsock = flags.vsock;
+        }
+        if flags.entropy.is_some() {
+            self.entropy = flags.entropy;
+        }
+        if flags.balloon.is_some() {
+            self.balloon = flags.balloon;
+        }
     }
 
     fn as_file(&self) -> FileConfig {
@@ -105,6 +121,9 @@ impl VmResources {
             machine_config: Some(self.machine.clone()),
             drives: self.drives.clone(),
             network_interfaces: self.nets.clone(),
+            vsock: self.vsock.clone(),
+            entropy: self.entropy,
+            balloon: self.balloon,
             ..Default::default()
         }
     }
@@ -180,6 +199,32 @@ impl VmResources {
         Ok(())
     }
 
+    /// `PUT /vsock`: the one vsock device, replaced if given again.
+    pub fn set_vsock(&mut self, v: VsockConfig) -> Result<(), Error> {
+        v.validate()?;
+        self.vsock = Some(v);
+        Ok(())
+    }
+
+    /// `PUT /entropy`: the one entropy device, replaced if given again.
+    pub fn set_entropy(&mut self, e: EntropyConfig) -> Result<(), Error> {
+        e.validate()?;
+        self.entropy = Some(e);
+        Ok(())
+    }
+
+    /// `PUT /balloon` before the start.
+    pub fn set_balloon(&mut self, b: BalloonConfig) -> Result<(), Error> {
+        b.validate(self.mem_mib())?;
+        self.balloon = Some(b);
+        Ok(())
+    }
+
+    /// The guest memory size in force, default included.
+    pub fn mem_mib(&self) -> u64 {
+        self.machine.mem_size_mib.unwrap_or(config::DEFAULT_MEM_MIB)
+    }
+
     /// `GET /machine-config`: the values in force, defaults included.
     pub fn machine_json(&self) -> Value {
         json!({
@@ -206,6 +251,15 @@ impl VmResources {
         }
         if let Some(m) = &self.metrics {
             v["metrics"] = json!(m);
+        }
+        if let Some(x) = &self.vsock {
+            v["vsock"] = json!(x);
+        }
+        if let Some(x) = &self.entropy {
+            v["entropy"] = json!(x);
+        }
+        if let Some(x) = &self.balloon {
+            v["balloon"] = json!(x);
         }
         v
     }
@@ -261,14 +315,61 @@ mod tests {
 
     #[test]
     fn unsupported_keys_are_named() {
-        let file =
-            config::parse_file_config(Path::new("vm.json"), r#"{"vsock": {"guest_cid": 3}}"#)
-                .unwrap();
+        let file = config::parse_file_config(
+            Path::new("vm.json"),
+            r#"{"mmds-config": {"network_interfaces": []}}"#,
+        )
+        .unwrap();
         let e = VmResources::from_file(file).unwrap_err().to_string();
-        assert!(e.contains("vsock") && e.contains("not support"), "{e}");
+        assert!(
+            e.contains("mmds-config") && e.contains("not support"),
+            "{e}"
+        );
         // null means absent.
-        let file = config::parse_file_config(Path::new("vm.json"), r#"{"vsock": null}"#).unwrap();
+        let file =
+            config::parse_file_config(Path::new("vm.json"), r#"{"mmds-config": null}"#).unwrap();
         assert!(VmResources::from_file(file).is_ok());
+    }
+
+    #[test]
+    fn services_from_the_file_and_their_checks() {
+        let file = config::parse_file_config(
+            Path::new("vm.json"),
+            r#"{"boot-source": {"kernel_image_path": "/k"},
+                "vsock": {"guest_cid": 3, "uds_path": "/tmp/flint-builder-test-v.sock"},
+                "entropy": {}, "balloon": {"amount_mib": 16, "deflate_on_oom": false}}"#,
+        )
+        .unwrap();
+        let mut r = VmResources::from_file(file).unwrap();
+        let c = r.build().unwrap();
+        assert_eq!(c.vsock.unwrap().guest_cid, 3);
+        assert!(c.entropy.is_some());
+        assert_eq!(c.balloon.unwrap().amount_mib, 16);
+        assert_eq!(r.full_json()["balloon"]["amount_mib"], 16);
+        let e = r
+            .set_balloon(BalloonConfig {
+                amount_mib: 4096,
+                deflate_on_oom: false,
+                stats_polling_interval_s: 0,
+            })
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("more than the guest's memory"),
+            "{e}"
+        );
+        let e = r
+            .set_vsock(VsockConfig {
+                vsock_id: None,
+                guest_cid: 1,
+                uds_path: "/tmp/x.sock".into(),
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("reserved"), "{e}");
+        assert_eq!(
+            r.vsock.as_ref().unwrap().guest_cid,
+            3,
+            "a refused one is not kept"
+        );
     }
 
     #[test]

@@ -7,9 +7,12 @@ use std::sync::{Arc, Mutex};
 
 use devices::bus::lock;
 use devices::legacy::{Cmos, I8042Device, SerialDevice};
+use devices::virtio::balloon::Balloon;
 use devices::virtio::block::Block;
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::net::Net;
+use devices::virtio::rng::Rng;
+use devices::virtio::vsock::Vsock;
 use devices::virtio::VirtioDevice;
 use devices::{Bus, BusDevice};
 use event_manager::MutEventSubscriber;
@@ -72,6 +75,9 @@ impl<T: VirtioDevice + MutEventSubscriber> VirtioSubscriber for T {}
 pub enum VirtioHandle {
     Block(Arc<Mutex<Block>>),
     Net(Arc<Mutex<Net>>),
+    Rng(Arc<Mutex<Rng>>),
+    Balloon(Arc<Mutex<Balloon>>),
+    Vsock(Arc<Mutex<Vsock>>),
 }
 
 /// One virtio device in the registry: its id (drive_id or iface_id), where
@@ -183,6 +189,25 @@ impl DeviceManager {
     /// The registry entry of the device with `id`.
     pub fn find(&self, id: &str) -> Option<&DeviceEntry> {
         self.registry.iter().find(|d| d.id == id)
+    }
+
+    /// The VM has ended: remove the unix sockets its devices listen on
+    /// (the VM itself is not torn down before flint exits, so the devices'
+    /// own clean-up never runs).
+    pub fn remove_host_sockets(&self) {
+        for d in &self.registry {
+            if let VirtioHandle::Vsock(v) = &d.handle {
+                let _ = std::fs::remove_file(lock(v).uds_path());
+            }
+        }
+    }
+
+    /// The balloon, if the VM has one, with its transport.
+    pub fn balloon(&self) -> Option<(&Arc<Mutex<Balloon>>, &Arc<Mutex<MmioTransport>>)> {
+        self.registry.iter().find_map(|d| match &d.handle {
+            VirtioHandle::Balloon(b) => Some((b, &d.transport)),
+            _ => None,
+        })
     }
 }
 

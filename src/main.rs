@@ -74,6 +74,19 @@ struct Cli {
     /// Repeatable.
     #[arg(long, value_name = "SPEC")]
     net: Vec<String>,
+    /// A virtio-vsock device: cid=N,uds=PATH. Host programs connect to the
+    /// unix socket PATH and send "CONNECT <port>\n" to reach a guest
+    /// listener; guest connections to the host's port P go to PATH_P.
+    #[arg(long, value_name = "SPEC")]
+    vsock: Option<String>,
+    /// A virtio-rng entropy device fed from the host's getrandom:
+    /// on, or bytes_per_s=N to rate-limit it.
+    #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "on")]
+    entropy: Option<String>,
+    /// A virtio-balloon device: mib=N[,deflate_on_oom=on][,stats=SECS]
+    /// (N MiB taken from the guest at boot; PATCH /balloon changes it).
+    #[arg(long, value_name = "SPEC")]
+    balloon: Option<String>,
     /// Print the boot phases (ms since launch) at exit, and the guest's
     /// boot-timer write when it happens.
     #[arg(long)]
@@ -156,6 +169,15 @@ fn load_resources(cli: &Cli) -> Result<VmResources, config::Error> {
         .enumerate()
         .map(|(i, n)| config::parse_net_flag(n, file.network_interfaces.len() + i))
         .collect::<Result<Vec<_>, _>>()?;
+    let vsock = cli.vsock.as_deref().map(config::services::parse_vsock_flag);
+    let entropy = cli
+        .entropy
+        .as_deref()
+        .map(config::services::parse_entropy_flag);
+    let balloon = cli
+        .balloon
+        .as_deref()
+        .map(config::services::parse_balloon_flag);
     let mut resources = VmResources::from_file(file)?;
     resources.apply_flags(Overrides {
         kernel: cli.kernel.clone(),
@@ -166,6 +188,9 @@ fn load_resources(cli: &Cli) -> Result<VmResources, config::Error> {
         mem_mib: cli.memory,
         drives,
         nets,
+        vsock: vsock.transpose()?,
+        entropy: entropy.transpose()?,
+        balloon: balloon.transpose()?,
     });
     Ok(resources)
 }

@@ -176,6 +176,47 @@ pub fn snapshot(dm: Option<&DeviceManager>) -> Value {
                         }),
                     )
                 }
+                VirtioHandle::Rng(r) => {
+                    let c = devices::bus::lock(r).counters();
+                    (
+                        "entropy".to_string(),
+                        json!({
+                            "requests": c.requests, "bytes": c.bytes,
+                            "errors": c.errors, "throttled": c.throttled,
+                        }),
+                    )
+                }
+                VirtioHandle::Vsock(v) => {
+                    let c = devices::bus::lock(v).counters();
+                    (
+                        "vsock".to_string(),
+                        json!({
+                            "tx_packets": c.tx_packets, "tx_bytes": c.tx_bytes,
+                            "tx_malformed": c.tx_malformed, "rx_packets": c.rx_packets,
+                            "rx_bytes": c.rx_bytes, "rx_malformed": c.rx_malformed,
+                            "bad_address": c.bad_address,
+                            "host_connections": c.host_connections,
+                            "guest_connections": c.guest_connections,
+                            "guest_connect_failures": c.guest_connect_failures,
+                            "over_limit": c.over_limit, "resets_sent": c.resets_sent,
+                        }),
+                    )
+                }
+                VirtioHandle::Balloon(b) => {
+                    let c = devices::bus::lock(b).counters();
+                    (
+                        "balloon".to_string(),
+                        json!({
+                            "inflate_requests": c.inflate_requests,
+                            "deflate_requests": c.deflate_requests,
+                            "pages_discarded": c.pages_discarded,
+                            "pages_deflated": c.pages_deflated, "bad_pfns": c.bad_pfns,
+                            "discard_errors": c.discard_errors,
+                            "malformed_chains": c.malformed_chains,
+                            "stats_updates": c.stats_updates,
+                        }),
+                    )
+                }
             };
             m.insert(key, v);
         }

@@ -1,10 +1,17 @@
-//! Turning the configured drives and network interfaces into virtio devices.
+//! Turning the configured drives, network interfaces and host services
+//! (entropy, balloon) into virtio devices.
 
+use devices::rate_limiter::TokenBucketConfig;
+use devices::virtio::balloon::{self, Balloon};
 use devices::virtio::block::{self, Block, BlockConfig};
 use devices::virtio::net::{self, Net};
+use devices::virtio::rng::{self, Rng, RngConfig};
+use devices::virtio::vsock::{self, Vsock};
 use vm_memory::GuestMemoryMmap;
 
-use crate::config::{CacheType, DriveConfig, IoEngine, NetConfig, VmConfig};
+use crate::config::{
+    BalloonConfig, CacheType, DriveConfig, EntropyConfig, IoEngine, NetConfig, VmConfig,
+};
 use crate::device_manager::{self, DeviceManager, VirtioHandle};
 use crate::vstate::vm::Vm;
 
@@ -20,6 +27,38 @@ pub enum Error {
     },
     #[error("network interface {id:?}: {source}")]
     Net { id: String, source: net::Error },
+    #[error(transparent)]
+    Rng(#[from] rng::Error),
+    #[error(transparent)]
+    Vsock(#[from] vsock::Error),
+    #[error("balloon: {0}")]
+    Balloon(#[from] balloon::Error),
+}
+
+/// The registry ids of the single-instance devices (Firecracker's names).
+pub const ENTROPY_ID: &str = "entropy";
+pub const BALLOON_ID: &str = "balloon";
+pub const VSOCK_ID: &str = "vsock";
+
+fn rng_config(e: &EntropyConfig) -> RngConfig {
+    RngConfig {
+        rate_limiter: e
+            .rate_limiter
+            .and_then(|r| r.bandwidth)
+            .map(|b| TokenBucketConfig {
+                size: b.size,
+                refill_time_ms: b.refill_time,
+                one_time_burst: b.one_time_burst.unwrap_or(0),
+            }),
+    }
+}
+
+fn balloon_config(b: &BalloonConfig) -> balloon::BalloonConfig {
+    balloon::BalloonConfig {
+        amount_mib: b.amount_mib,
+        deflate_on_oom: b.deflate_on_oom,
+        stats_polling_interval_s: b.stats_polling_interval_s,
+    }
 }
 
 fn block_config(d: &DriveConfig) -> BlockConfig {
@@ -85,6 +124,18 @@ pub fn attach(
             source,
         })?;
         dm.add_virtio(vm, mem, &n.iface_id, dev, VirtioHandle::Net)?;
+    }
+    if let Some(v) = &cfg.vsock {
+        let dev = Vsock::new(&v.device_config())?;
+        dm.add_virtio(vm, mem, VSOCK_ID, dev, VirtioHandle::Vsock)?;
+    }
+    if let Some(e) = &cfg.entropy {
+        let dev = Rng::new(&rng_config(e))?;
+        dm.add_virtio(vm, mem, ENTROPY_ID, dev, VirtioHandle::Rng)?;
+    }
+    if let Some(b) = &cfg.balloon {
+        let dev = Balloon::new(&balloon_config(b))?;
+        dm.add_virtio(vm, mem, BALLOON_ID, dev, VirtioHandle::Balloon)?;
     }
     Ok(drives
         .first()

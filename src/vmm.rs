@@ -60,6 +60,12 @@ pub enum Error {
     CtrlAltDel(String),
     #[error("drive {id:?}: {why}")]
     Drive { id: String, why: String },
+    #[error("no balloon device is configured (PUT /balloon before InstanceStart)")]
+    NoBalloon,
+    #[error(transparent)]
+    Balloon(#[from] devices::virtio::balloon::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
 }
 
 /// Options that are about the run, not the VM.
@@ -140,6 +146,7 @@ pub struct Vmm {
     host: HostKind,
     state: VmState,
     metrics: Option<MetricsSink>,
+    mem_mib: u64,
 }
 
 impl Vmm {
@@ -238,6 +245,7 @@ impl Vmm {
             host,
             state: VmState::Built,
             metrics: None,
+            mem_mib: cfg.mem_mib,
         })
     }
 
@@ -351,6 +359,30 @@ impl Vmm {
         Ok(())
     }
 
+    /// Set the balloon's target: the guest is told with a
+    /// configuration-change interrupt and inflates or deflates to it.
+    pub fn update_balloon(&mut self, amount_mib: u32) -> Result<(), Error> {
+        crate::config::services::check_balloon_target(amount_mib, self.mem_mib)?;
+        let (balloon, _) = self.dm.balloon().ok_or(Error::NoBalloon)?;
+        devices::bus::lock(balloon).update_target(amount_mib)?;
+        Ok(())
+    }
+
+    /// Change how often the guest reports its memory statistics (not from
+    /// or to 0: the statistics queue is set up at boot).
+    pub fn update_balloon_stats_interval(&mut self, secs: u16) -> Result<(), Error> {
+        let (balloon, _) = self.dm.balloon().ok_or(Error::NoBalloon)?;
+        devices::bus::lock(balloon).update_stats_interval(secs)?;
+        Ok(())
+    }
+
+    /// Firecracker's `GET /balloon/statistics` body.
+    pub fn balloon_stats(&self) -> Result<serde_json::Value, Error> {
+        let (balloon, _) = self.dm.balloon().ok_or(Error::NoBalloon)?;
+        let s = devices::bus::lock(balloon).latest_stats()?;
+        Ok(crate::api::balloon_stats_json(&s))
+    }
+
     /// Write a metrics line now, if metrics are configured.
     pub fn flush_metrics(&mut self) -> Result<(), crate::metrics::Error> {
         match &mut self.metrics {
@@ -383,6 +415,7 @@ impl Vmm {
             }
             let outcome = devices::bus::lock(&self.ctl).outcome().cloned();
             if let Some(outcome) = outcome {
+                self.dm.remove_host_sockets();
                 if let Some(m) = &mut self.metrics {
                     if let Err(e) = m.flush(Some(&self.dm)) {
                         log::warn!("{e}");
@@ -420,6 +453,9 @@ mod tests {
             smt: false,
             drives: vec![],
             nets: vec![],
+            vsock: None,
+            entropy: None,
+            balloon: None,
         };
         let v = vec!["virtio_mmio.device=4K@0xc0001000:5".to_string()];
         assert_eq!(

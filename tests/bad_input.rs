@@ -99,12 +99,12 @@ fn firecracker_keys_flint_lacks_are_named() {
     );
     std::fs::remove_file(p).unwrap();
     let p = tmp(
-        "vsock.json",
-        br#"{"boot-source": {"kernel_image_path": "/k"}, "vsock": {"guest_cid": 3, "uds_path": "/tmp/v"}}"#,
+        "mmds.json",
+        br#"{"boot-source": {"kernel_image_path": "/k"}, "mmds-config": {"network_interfaces": []}}"#,
     );
     fails_with(
         &["--config-file", p.to_str().unwrap()],
-        &["\"vsock\"", "does not support"],
+        &["\"mmds-config\"", "does not support"],
     );
     std::fs::remove_file(p).unwrap();
 }
@@ -207,4 +207,73 @@ fn usage_errors_exit_2() {
         "{out}"
     );
     let _ = FLINT;
+}
+
+#[test]
+fn vsock_entropy_and_balloon_are_checked_before_anything_is_built() {
+    let sock = std::env::temp_dir().join(format!("flint-bad-{}-v.sock", std::process::id()));
+    let spec = format!("cid=2,uds={}", sock.display());
+    fails_with(
+        &["--kernel", "/k", "--vsock", &spec],
+        &["vsock", "guest_cid 2 is reserved"],
+    );
+    fails_with(
+        &[
+            "--kernel",
+            "/k",
+            "--vsock",
+            "cid=3,uds=/nonexistent-dir/v.sock",
+        ],
+        &["vsock", "/nonexistent-dir does not exist"],
+    );
+    std::fs::write(&sock, b"").unwrap();
+    let spec = format!("cid=3,uds={}", sock.display());
+    fails_with(
+        &["--kernel", "/k", "--vsock", &spec],
+        &["already in use", sock.to_str().unwrap()],
+    );
+    // The file that was in the way is left as it was.
+    assert!(sock.exists());
+    std::fs::remove_file(&sock).unwrap();
+    fails_with(
+        &["--kernel", "/k", "--vsock", "cid=3"],
+        &["--vsock", "uds=PATH is required"],
+    );
+    fails_with(
+        &["--kernel", "/k", "--memory", "64", "--balloon", "mib=65"],
+        &[
+            "balloon",
+            "amount_mib 65 is more than the guest's memory (64 MiB)",
+        ],
+    );
+    fails_with(
+        &["--kernel", "/k", "--entropy", "bytes_per_s=lots"],
+        &["--entropy", "bytes_per_s is a number"],
+    );
+    // A second vsock on the command line is a usage error.
+    let (status, out) = run(
+        &[
+            "--kernel",
+            "/k",
+            "--vsock",
+            "cid=3,uds=/tmp/a",
+            "--vsock",
+            "cid=4,uds=/tmp/b",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(status.code(), Some(2), "{out}");
+    assert!(out.contains("--vsock"), "{out}");
+    // And in a config file a second "vsock" key is an error that names it.
+    let p = tmp(
+        "vsock2.json",
+        br#"{"boot-source": {"kernel_image_path": "/k"},
+             "vsock": {"guest_cid": 3, "uds_path": "/tmp/a"},
+             "vsock": {"guest_cid": 4, "uds_path": "/tmp/b"}}"#,
+    );
+    fails_with(
+        &["--config-file", p.to_str().unwrap()],
+        &["duplicate field `vsock`"],
+    );
+    std::fs::remove_file(p).unwrap();
 }

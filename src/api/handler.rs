@@ -60,6 +60,10 @@ impl ApiState {
             })),
             ApiRequest::GetVmConfig => Response::Json(self.resources.full_json()),
             ApiRequest::GetMachine => Response::Json(self.resources.machine_json()),
+            ApiRequest::GetBalloon => match &self.resources.balloon {
+                Some(b) => Response::Json(json!(b)),
+                None => Response::fault(format!("{}: {NO_BALLOON}", req.describe())),
+            },
             _ => return None,
         })
     }
@@ -98,6 +102,8 @@ impl ApiState {
     }
 }
 
+const NO_BALLOON: &str = "no balloon device is configured (PUT /balloon before InstanceStart)";
+
 /// What a request before the start leads to.
 pub enum Preboot {
     Reply(Response),
@@ -126,6 +132,15 @@ pub fn preboot(st: &mut ApiState, req: ApiRequest) -> Preboot {
         ApiRequest::PutNet(n) => result(&what, st.resources.put_net(n)),
         ApiRequest::PutLogger(l) => result(&what, st.set_logger(l)),
         ApiRequest::PutMetrics(m) => result(&what, st.set_metrics(&m.metrics_path)),
+        ApiRequest::PutVsock(v) => result(&what, st.resources.set_vsock(v)),
+        ApiRequest::PutEntropy(e) => result(&what, st.resources.set_entropy(e)),
+        ApiRequest::PutBalloon(b) => result(&what, st.resources.set_balloon(b)),
+        ApiRequest::PatchBalloon(_)
+        | ApiRequest::PatchBalloonStats(_)
+        | ApiRequest::GetBalloonStats => Response::Fault(format!(
+            "{what}: the microVM is not started yet; before InstanceStart, PUT /balloon \
+             sets the balloon"
+        )),
         ApiRequest::PatchDrive(_) | ApiRequest::PatchNet(_) => Response::Fault(format!(
             "{what}: not allowed before InstanceStart; PUT the whole object instead"
         )),
@@ -143,7 +158,8 @@ pub fn preboot(st: &mut ApiState, req: ApiRequest) -> Preboot {
         ApiRequest::GetInstance
         | ApiRequest::GetVersion
         | ApiRequest::GetVmConfig
-        | ApiRequest::GetMachine => unreachable!("answered by common()"),
+        | ApiRequest::GetMachine
+        | ApiRequest::GetBalloon => unreachable!("answered by common()"),
     };
     Preboot::Reply(r)
 }
@@ -161,9 +177,36 @@ pub fn running(st: &mut ApiState, vmm: &mut Vmm, req: ApiRequest) -> Response {
         | ApiRequest::PutDrive(_)
         | ApiRequest::PutNet(_)
         | ApiRequest::PutLogger(_)
-        | ApiRequest::PutMetrics(_) => Response::Fault(format!(
+        | ApiRequest::PutMetrics(_)
+        | ApiRequest::PutVsock(_)
+        | ApiRequest::PutEntropy(_)
+        | ApiRequest::PutBalloon(_) => Response::Fault(format!(
             "{what}: not allowed after InstanceStart: the microVM is already running"
         )),
+        ApiRequest::PatchBalloon(u) => {
+            let Some(b) = &mut st.resources.balloon else {
+                return Response::fault(format!("{what}: {NO_BALLOON}"));
+            };
+            let r = vmm.update_balloon(u.amount_mib);
+            if r.is_ok() {
+                b.amount_mib = u.amount_mib;
+            }
+            result(&what, r)
+        }
+        ApiRequest::PatchBalloonStats(u) => {
+            let Some(b) = &mut st.resources.balloon else {
+                return Response::fault(format!("{what}: {NO_BALLOON}"));
+            };
+            let r = vmm.update_balloon_stats_interval(u.stats_polling_interval_s);
+            if r.is_ok() {
+                b.stats_polling_interval_s = u.stats_polling_interval_s;
+            }
+            result(&what, r)
+        }
+        ApiRequest::GetBalloonStats => match vmm.balloon_stats() {
+            Ok(v) => Response::Json(v),
+            Err(e) => Response::Fault(format!("{what}: {e}")),
+        },
         ApiRequest::Action(ActionType::InstanceStart) => {
             Response::Fault(format!("{what}: the microVM is already started"))
         }
@@ -206,7 +249,8 @@ pub fn running(st: &mut ApiState, vmm: &mut Vmm, req: ApiRequest) -> Response {
         ApiRequest::GetInstance
         | ApiRequest::GetVersion
         | ApiRequest::GetVmConfig
-        | ApiRequest::GetMachine => unreachable!("answered by common()"),
+        | ApiRequest::GetMachine
+        | ApiRequest::GetBalloon => unreachable!("answered by common()"),
     }
 }
 

@@ -19,7 +19,8 @@ use serde_json::Value;
 
 use crate::builder::MachinePatch;
 use crate::config::{
-    BootSource, DriveConfig, LoggerConfig, MachineConfig, MetricsConfig, NetConfig,
+    BalloonConfig, BalloonStatsUpdate, BalloonUpdate, BootSource, DriveConfig, EntropyConfig,
+    LoggerConfig, MachineConfig, MetricsConfig, NetConfig, VsockConfig,
 };
 
 /// Firecracker's request body limit.
@@ -113,6 +114,13 @@ pub enum ApiRequest {
     PutMetrics(MetricsConfig),
     Action(ActionType),
     PatchVm(VmStateBody),
+    PutVsock(VsockConfig),
+    PutEntropy(EntropyConfig),
+    GetBalloon,
+    PutBalloon(BalloonConfig),
+    PatchBalloon(BalloonUpdate),
+    GetBalloonStats,
+    PatchBalloonStats(BalloonStatsUpdate),
 }
 
 impl ApiRequest {
@@ -134,6 +142,13 @@ impl ApiRequest {
             ApiRequest::PutMetrics(_) => "PUT /metrics".into(),
             ApiRequest::Action(a) => format!("PUT /actions {a:?}"),
             ApiRequest::PatchVm(s) => format!("PATCH /vm {s:?}"),
+            ApiRequest::PutVsock(_) => "PUT /vsock".into(),
+            ApiRequest::PutEntropy(_) => "PUT /entropy".into(),
+            ApiRequest::GetBalloon => "GET /balloon".into(),
+            ApiRequest::PutBalloon(_) => "PUT /balloon".into(),
+            ApiRequest::PatchBalloon(_) => "PATCH /balloon".into(),
+            ApiRequest::GetBalloonStats => "GET /balloon/statistics".into(),
+            ApiRequest::PatchBalloonStats(_) => "PATCH /balloon/statistics".into(),
         }
     }
 }
@@ -170,6 +185,40 @@ impl Response {
             Response::Fault(m) => serde_json::json!({ "fault_message": m }).to_string(),
         }
     }
+}
+
+/// Firecracker's BalloonStats: the sizes, and each statistic the guest
+/// has reported (absent until it has).
+pub fn balloon_stats_json(s: &devices::virtio::balloon::BalloonStats) -> Value {
+    let mut v = serde_json::json!({
+        "target_pages": s.target_pages,
+        "actual_pages": s.actual_pages,
+        "target_mib": s.target_mib,
+        "actual_mib": s.actual_mib,
+    });
+    for (key, value) in [
+        ("swap_in", s.swap_in),
+        ("swap_out", s.swap_out),
+        ("major_faults", s.major_faults),
+        ("minor_faults", s.minor_faults),
+        ("free_memory", s.free_memory),
+        ("total_memory", s.total_memory),
+        ("available_memory", s.available_memory),
+        ("disk_caches", s.disk_caches),
+        ("hugetlb_allocations", s.hugetlb_allocations),
+        ("hugetlb_failures", s.hugetlb_failures),
+        ("oom_kill", s.oom_kill),
+        ("alloc_stall", s.alloc_stall),
+        ("async_scan", s.async_scan),
+        ("direct_scan", s.direct_scan),
+        ("async_reclaim", s.async_reclaim),
+        ("direct_reclaim", s.direct_reclaim),
+    ] {
+        if let Some(x) = value {
+            v[key] = x.into();
+        }
+    }
+    v
 }
 
 /// A request handed to the VMM thread, with where its answer goes.

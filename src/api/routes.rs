@@ -6,14 +6,14 @@ use serde_json::Value;
 
 use super::{ActionBody, ApiRequest, MachinePut, PartialDrive, PartialNet, VmBody};
 use crate::builder::MachinePatch;
-use crate::config::{valid_id, BootSource, DriveConfig, LoggerConfig, MetricsConfig, NetConfig};
+use crate::config::{
+    valid_id, BalloonConfig, BalloonStatsUpdate, BalloonUpdate, BootSource, DriveConfig,
+    EntropyConfig, LoggerConfig, MetricsConfig, NetConfig, VsockConfig,
+};
 
 /// Paths of Firecracker features flint does not have yet.
-const UNSUPPORTED: [(&str, &str); 10] = [
-    ("balloon", "the balloon device"),
-    ("vsock", "vsock"),
+const UNSUPPORTED: [(&str, &str); 7] = [
     ("mmds", "MMDS (the microVM metadata service)"),
-    ("entropy", "the entropy device"),
     ("snapshot", "snapshots"),
     ("cpu-config", "CPU templates (cpu-config)"),
     ("pmem", "virtio-pmem"),
@@ -32,6 +32,16 @@ const UNSUPPORTED_FIELDS: [(&str, &str); 5] = [
 ];
 
 fn parse_body<T: DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, String> {
+    parse_body_allowing(what, body, &[])
+}
+
+/// [`parse_body`], with the fields in `allowed` taken as they are (the
+/// entropy device has a rate limiter; drives and NICs do not yet).
+fn parse_body_allowing<T: DeserializeOwned>(
+    what: &str,
+    body: &[u8],
+    allowed: &[&str],
+) -> Result<T, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(format!(
             "{what}: the request has no body; it needs a JSON object"
@@ -41,6 +51,9 @@ fn parse_body<T: DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, String>
         .map_err(|e| format!("{what}: the body is not valid JSON: {e}"))?;
     if let Value::Object(map) = &mut v {
         for (field, feature) in UNSUPPORTED_FIELDS {
+            if allowed.contains(&field) {
+                continue;
+            }
             match map.get(field) {
                 Some(Value::Null) => {
                     map.remove(field);
@@ -173,6 +186,35 @@ pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, String
             )),
             _ => bad_method("PUT"),
         },
+        ["vsock"] => match method {
+            "PUT" => Ok(ApiRequest::PutVsock(parse_body::<VsockConfig>(
+                &what, body,
+            )?)),
+            _ => bad_method("PUT"),
+        },
+        ["entropy"] => match method {
+            "PUT" => Ok(ApiRequest::PutEntropy(
+                parse_body_allowing::<EntropyConfig>(&what, body, &["rate_limiter"])?,
+            )),
+            _ => bad_method("PUT"),
+        },
+        ["balloon"] => match method {
+            "GET" => Ok(ApiRequest::GetBalloon),
+            "PUT" => Ok(ApiRequest::PutBalloon(parse_body::<BalloonConfig>(
+                &what, body,
+            )?)),
+            "PATCH" => Ok(ApiRequest::PatchBalloon(parse_body::<BalloonUpdate>(
+                &what, body,
+            )?)),
+            _ => bad_method("GET, PUT, PATCH"),
+        },
+        ["balloon", "statistics"] => match method {
+            "GET" => Ok(ApiRequest::GetBalloonStats),
+            "PATCH" => Ok(ApiRequest::PatchBalloonStats(parse_body::<
+                BalloonStatsUpdate,
+            >(&what, body)?)),
+            _ => bad_method("GET, PATCH"),
+        },
         [first, ..] => match UNSUPPORTED.iter().find(|(p, _)| p == first) {
             Some((_, feature)) => Err(format!("{what}: flint does not support {feature} yet")),
             None => Err(format!("Invalid request method and/or path: {what}")),
@@ -269,7 +311,30 @@ mod tests {
             "Invalid request method and/or path: GET /nope"
         );
         assert!(err("DELETE", "/boot-source", "").contains("method DELETE is not allowed"));
-        assert!(err("PUT", "/vsock", "{}").contains("flint does not support vsock yet"));
+        assert!(err("PUT", "/vsock", "{}").contains("missing field `guest_cid`"));
+        assert!(err("PUT", "/mmds", "{}").contains("flint does not support MMDS"));
+        assert!(err("DELETE", "/balloon", "").contains("allowed: GET, PUT, PATCH"));
+        assert!(err("PUT", "/balloon/statistics", "{}").contains("allowed: GET, PATCH"));
+        assert!(err(
+            "PUT",
+            "/drives/a",
+            r#"{"drive_id": "a", "path_on_host": "/r", "rate_limiter": {}}"#
+        )
+        .contains("rate limiters yet"));
+        let r = parse(
+            "PUT",
+            "/entropy",
+            br#"{"rate_limiter": {"bandwidth": {"size": 100, "refill_time": 1000}}}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(&r, ApiRequest::PutEntropy(e) if e.rate_limiter.is_some()),
+            "{r:?}"
+        );
+        assert_eq!(
+            parse("GET", "/balloon/statistics", b"").unwrap(),
+            ApiRequest::GetBalloonStats
+        );
         assert!(err("PUT", "/snapshot/create", "{}").contains("snapshots"));
         assert!(err("PUT", "/actions", r#"{"action_type": "Reboot"}"#).contains("unknown variant"));
     }

@@ -134,10 +134,13 @@ pub fn lab_run_test(test: &str, lab_args: &[&str]) {
         );
         if attempt == 1 && !out.status.success() && lab_instability(out.status.code(), &text) {
             use std::io::Write;
+            // Indented, so that the first run's "test ... FAILED" lines
+            // are not taken for this run's verdict by whoever reads the log.
+            let shown: String = text.lines().map(|l| format!("  | {l}\n")).collect();
             let _ = writeln!(
                 std::io::stderr(),
                 "{test}: the lab's nested SVM failed by itself ({}); trying once more. \
-                 Its output:\n{text}",
+                 Its output:\n{shown}",
                 out.status
             );
             attempt += 1;

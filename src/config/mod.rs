@@ -5,6 +5,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub mod services;
+pub use services::{
+    BalloonConfig, BalloonStatsUpdate, BalloonUpdate, EntropyConfig, RateLimiterConfig,
+    TokenBucketConfig, VsockConfig,
+};
+
 /// The command line flint gives the guest kernel unless told otherwise.
 ///
 /// `reboot=k` makes a guest reboot go through the i8042 reset line (which
@@ -63,6 +69,12 @@ pub enum Error {
         iface: String,
         source: devices::virtio::net::Error,
     },
+    #[error("vsock: {0}")]
+    Vsock(String),
+    #[error("entropy: {0}")]
+    Entropy(String),
+    #[error("balloon: {0}")]
+    Balloon(String),
     #[error("bad {flag} value {value:?}: {why}")]
     Flag {
         flag: &'static str,
@@ -87,11 +99,8 @@ where
 }
 
 /// Firecracker top-level keys for features flint does not have yet.
-pub const UNSUPPORTED_KEYS: [&str; 8] = [
-    "balloon",
-    "vsock",
+pub const UNSUPPORTED_KEYS: [&str; 5] = [
     "mmds-config",
-    "entropy",
     "cpu-config",
     "pmem",
     "memory-hotplug",
@@ -115,13 +124,13 @@ pub struct FileConfig {
     pub network_interfaces: Vec<NetConfig>,
     pub logger: Option<LoggerConfig>,
     pub metrics: Option<MetricsConfig>,
+    pub vsock: Option<VsockConfig>,
+    pub entropy: Option<EntropyConfig>,
+    pub balloon: Option<BalloonConfig>,
     // Keys of features flint lacks: accepted by the parser so the error can
     // say what is missing instead of "unknown field".
-    pub balloon: Option<serde_json::Value>,
-    pub vsock: Option<serde_json::Value>,
     #[serde(rename = "mmds-config")]
     pub mmds_config: Option<serde_json::Value>,
-    pub entropy: Option<serde_json::Value>,
     #[serde(rename = "cpu-config")]
     pub cpu_config: Option<serde_json::Value>,
     pub pmem: Option<serde_json::Value>,
@@ -134,10 +143,7 @@ impl FileConfig {
     /// The first key naming a feature flint does not have yet.
     pub fn unsupported_key(&self) -> Option<&'static str> {
         let set = [
-            &self.balloon,
-            &self.vsock,
             &self.mmds_config,
-            &self.entropy,
             &self.cpu_config,
             &self.pmem,
             &self.memory_hotplug,
@@ -300,6 +306,9 @@ pub struct Overrides {
     pub mem_mib: Option<u64>,
     pub drives: Vec<DriveConfig>,
     pub nets: Vec<NetConfig>,
+    pub vsock: Option<VsockConfig>,
+    pub entropy: Option<EntropyConfig>,
+    pub balloon: Option<BalloonConfig>,
 }
 
 /// A complete, validated VM description.
@@ -314,6 +323,9 @@ pub struct VmConfig {
     pub smt: bool,
     pub drives: Vec<DriveConfig>,
     pub nets: Vec<NetConfig>,
+    pub vsock: Option<VsockConfig>,
+    pub entropy: Option<EntropyConfig>,
+    pub balloon: Option<BalloonConfig>,
 }
 
 /// Parse a JSON config document.
@@ -374,6 +386,18 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<VmConfig, Error> {
     nets.extend(flags.nets);
     validate_drives(&drives)?;
     validate_nets(&nets)?;
+    let vsock = flags.vsock.or(file.vsock);
+    if let Some(v) = &vsock {
+        v.validate()?;
+    }
+    let entropy = flags.entropy.or(file.entropy);
+    if let Some(e) = &entropy {
+        e.validate()?;
+    }
+    let balloon = flags.balloon.or(file.balloon);
+    if let Some(b) = &balloon {
+        b.validate(mem_mib)?;
+    }
     Ok(VmConfig {
         kernel,
         initrd: flags.initrd.or(boot.initrd_path),
@@ -386,6 +410,9 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<VmConfig, Error> {
         smt: machine.smt,
         drives,
         nets,
+        vsock,
+        entropy,
+        balloon,
     })
 }
 
@@ -437,7 +464,7 @@ pub fn validate_nets(nets: &[NetConfig]) -> Result<(), Error> {
     Ok(())
 }
 
-fn flag_err(flag: &'static str, value: &str, why: impl Into<String>) -> Error {
+pub(crate) fn flag_err(flag: &'static str, value: &str, why: impl Into<String>) -> Error {
     Error::Flag {
         flag,
         value: value.to_string(),
@@ -445,7 +472,7 @@ fn flag_err(flag: &'static str, value: &str, why: impl Into<String>) -> Error {
     }
 }
 
-fn parse_on_off(flag: &'static str, value: &str, v: &str) -> Result<bool, Error> {
+pub(crate) fn parse_on_off(flag: &'static str, value: &str, v: &str) -> Result<bool, Error> {
     match v {
         "on" | "true" | "yes" | "1" => Ok(true),
         "off" | "false" | "no" | "0" => Ok(false),
@@ -454,7 +481,10 @@ fn parse_on_off(flag: &'static str, value: &str, v: &str) -> Result<bool, Error>
 }
 
 /// Split `k=v,k=v` into pairs.
-fn key_values<'a>(flag: &'static str, value: &'a str) -> Result<Vec<(&'a str, &'a str)>, Error> {
+pub(crate) fn key_values<'a>(
+    flag: &'static str,
+    value: &'a str,
+) -> Result<Vec<(&'a str, &'a str)>, Error> {
     value
         .split(',')
         .map(|kv| {
@@ -565,7 +595,7 @@ mod tests {
 
     #[test]
     fn the_example_file_parses() {
-        let f = parse(include_str!("../resources/vm-config.example.json")).unwrap();
+        let f = parse(include_str!("../../resources/vm-config.example.json")).unwrap();
         let c = resolve(f, Overrides::default()).unwrap();
         assert_eq!((c.vcpus, c.mem_mib), (2, 256));
         assert_eq!(c.drives.len(), 1);
