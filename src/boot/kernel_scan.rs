@@ -125,10 +125,13 @@ fn rodata_section<R: Read + Seek>(
 /// Where the file range `(offset, size)` lies in guest memory, if one
 /// loaded segment holds all of it.
 fn locate(segments: &[Segment], (offset, size): (u64, u64)) -> Option<(u64, u64)> {
+    let end = offset.checked_add(size)?;
     segments.iter().find_map(|s| {
-        let end = offset.checked_add(size)?;
-        (offset >= s.offset && end <= s.offset + s.filesz)
-            .then(|| (s.paddr + (offset - s.offset), size))
+        let seg_end = s.offset.checked_add(s.filesz)?;
+        if offset < s.offset || end > seg_end {
+            return None;
+        }
+        Some((s.paddr.checked_add(offset - s.offset)?, size))
     })
 }
 
