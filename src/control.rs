@@ -1,5 +1,5 @@
 //! The VMM's own event loop subscriber: vCPU stop reports, the guest's
-//! keyboard-controller reset, host signals (graceful shutdown through
+//! keyboard-controller reset, its ACPI power-off and reset, host signals (graceful shutdown through
 //! Ctrl-Alt-Del), and host stdin feeding the guest's serial port.
 
 use std::fs::File;
@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use devices::bus::lock;
-use devices::legacy::I8042Device;
+use devices::legacy::{AcpiPmDevice, I8042Device};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
@@ -83,6 +83,8 @@ pub struct Control {
     stop_evt: Arc<EventFd>,
     stop_rx: Receiver<(u8, StopReason)>,
     reset_evt: EventFd,
+    acpi_reset_evt: EventFd,
+    acpi_power_off_evt: EventFd,
     signals: File,
     i8042: Arc<Mutex<I8042Device>>,
     serial: Arc<Mutex<Serial>>,
@@ -101,10 +103,18 @@ impl Control {
         stop_evt: Arc<EventFd>,
         stop_rx: Receiver<(u8, StopReason)>,
         i8042: Arc<Mutex<I8042Device>>,
+        acpi_pm: &Arc<Mutex<AcpiPmDevice>>,
         serial: Arc<Mutex<Serial>>,
         shutdown_timeout: Duration,
     ) -> Result<Self, Error> {
         let reset_evt = lock(&i8042).reset_evt().try_clone().map_err(Error::Fd)?;
+        let (acpi_reset_evt, acpi_power_off_evt) = {
+            let pm = lock(acpi_pm);
+            (
+                pm.reset_evt().try_clone().map_err(Error::Fd)?,
+                pm.power_off_evt().try_clone().map_err(Error::Fd)?,
+            )
+        };
         let drained_evt = lock(&serial)
             .fifo_drained_evt()
             .try_clone()
@@ -113,6 +123,8 @@ impl Control {
             stop_evt,
             stop_rx,
             reset_evt,
+            acpi_reset_evt,
+            acpi_power_off_evt,
             signals: signalfd()?,
             i8042,
             serial,
@@ -225,6 +237,8 @@ impl MutEventSubscriber for Control {
         for fd in [
             self.stop_evt.as_raw_fd(),
             self.reset_evt.as_raw_fd(),
+            self.acpi_reset_evt.as_raw_fd(),
+            self.acpi_power_off_evt.as_raw_fd(),
             self.signals.as_raw_fd(),
             self.drained_evt.as_raw_fd(),
             self.shutdown_timer.as_raw_fd(),
@@ -246,6 +260,12 @@ impl MutEventSubscriber for Control {
         } else if fd == self.reset_evt.as_raw_fd() {
             let _ = self.reset_evt.read();
             self.finish(Outcome::Guest(StopReason::Reboot));
+        } else if fd == self.acpi_reset_evt.as_raw_fd() {
+            let _ = self.acpi_reset_evt.read();
+            self.finish(Outcome::Guest(StopReason::Reboot));
+        } else if fd == self.acpi_power_off_evt.as_raw_fd() {
+            let _ = self.acpi_power_off_evt.read();
+            self.finish(Outcome::Guest(StopReason::PowerOff));
         } else if fd == self.signals.as_raw_fd() {
             self.on_signal();
         } else if fd == self.shutdown_timer.as_raw_fd() {

@@ -6,7 +6,7 @@ use std::io::Stdout;
 use std::sync::{Arc, Mutex};
 
 use devices::bus::lock;
-use devices::legacy::{Cmos, I8042Device, SerialDevice};
+use devices::legacy::{AcpiPmDevice, Cmos, I8042Device, SerialDevice};
 use devices::virtio::balloon::Balloon;
 use devices::virtio::block::Block;
 use devices::virtio::mmio::MmioTransport;
@@ -20,8 +20,9 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::console::ConsoleOut;
 use crate::layout::{
-    CMOS_BASE, CMOS_PORT_LEN, COM1_IRQ, COM1_PORT, COM1_PORT_LEN, FIRST_VIRTIO_IRQ, I8042_IRQ,
-    I8042_PORT, I8042_PORT_LEN, LAST_IRQ, QUEUE_NOTIFY_OFFSET, VIRTIO_MMIO_SIZE,
+    ACPI_PM_PORT, ACPI_PM_PORT_LEN, CMOS_BASE, CMOS_PORT_LEN, COM1_IRQ, COM1_PORT, COM1_PORT_LEN,
+    FIRST_VIRTIO_IRQ, I8042_IRQ, I8042_PORT, I8042_PORT_LEN, LAST_IRQ, QUEUE_NOTIFY_OFFSET,
+    VIRTIO_MMIO_SIZE,
 };
 use crate::memory::{BOOT_TIMER_ADDR, BOOT_TIMER_MAGIC, VIRTIO_MMIO_START};
 use crate::timer::{self, Phase};
@@ -80,6 +81,8 @@ pub enum VirtioHandle {
     Vsock(Arc<Mutex<Vsock>>),
 }
 
+pub type SharedTransport = Arc<Mutex<MmioTransport>>;
+
 /// One virtio device in the registry: its id (drive_id or iface_id), where
 /// it sits, and handles on its transport and its model.
 pub struct DeviceEntry {
@@ -96,6 +99,8 @@ pub struct DeviceManager {
     pub mmio: Bus,
     pub serial: Arc<Mutex<Serial>>,
     pub i8042: Arc<Mutex<I8042Device>>,
+    /// The ACPI sleep control and reset registers.
+    pub acpi_pm: Arc<Mutex<AcpiPmDevice>>,
     /// `virtio_mmio.device=` parameters describing each virtio device.
     pub cmdline: Vec<String>,
     /// Devices to add to the event loop.
@@ -107,7 +112,8 @@ pub struct DeviceManager {
 }
 
 impl DeviceManager {
-    /// Create the legacy devices (COM1, i8042, boot timer) and wire them.
+    /// Create the legacy devices (COM1, i8042, CMOS, ACPI power registers,
+    /// boot timer) and wire them.
     pub fn new(vm: &Vm, print_boot_timer: bool) -> Result<Self, Error> {
         let serial = SerialDevice::new(ConsoleOut::new(std::io::stdout()))
             .map_err(|e| Error::Create("serial", e.to_string()))?;
@@ -116,11 +122,15 @@ impl DeviceManager {
         let i8042 = I8042Device::new().map_err(|e| Error::Create("i8042", e.to_string()))?;
         vm.register_irqfd(i8042.interrupt_evt(), I8042_IRQ)?;
         let i8042 = Arc::new(Mutex::new(i8042));
+        let acpi_pm =
+            AcpiPmDevice::new().map_err(|e| Error::Create("ACPI power", e.to_string()))?;
+        let acpi_pm = Arc::new(Mutex::new(acpi_pm));
 
         let mut pio = Bus::new();
         pio.insert(serial.clone(), COM1_PORT, COM1_PORT_LEN)?;
         pio.insert(i8042.clone(), I8042_PORT, I8042_PORT_LEN)?;
         pio.insert(Arc::new(Mutex::new(Cmos::new())), CMOS_BASE, CMOS_PORT_LEN)?;
+        pio.insert(acpi_pm.clone(), ACPI_PM_PORT, ACPI_PM_PORT_LEN)?;
         let mut mmio = Bus::new();
         mmio.insert(
             Arc::new(Mutex::new(BootTimer {
@@ -134,6 +144,7 @@ impl DeviceManager {
             mmio,
             serial,
             i8042,
+            acpi_pm,
             cmdline: Vec::new(),
             subscribers: Vec::new(),
             registry: Vec::new(),
@@ -186,6 +197,18 @@ impl DeviceManager {
         Ok(device)
     }
 
+    /// Every virtio device as the ACPI DSDT describes it.
+    pub fn acpi_devices(&self) -> Vec<crate::boot::acpi::MmioDevice> {
+        self.registry
+            .iter()
+            .map(|d| crate::boot::acpi::MmioDevice {
+                base: d.mmio_base,
+                size: VIRTIO_MMIO_SIZE,
+                irq: d.irq,
+            })
+            .collect()
+    }
+
     /// The registry entry of the device with `id`.
     pub fn find(&self, id: &str) -> Option<&DeviceEntry> {
         self.registry.iter().find(|d| d.id == id)
@@ -203,7 +226,7 @@ impl DeviceManager {
     }
 
     /// The balloon, if the VM has one, with its transport.
-    pub fn balloon(&self) -> Option<(&Arc<Mutex<Balloon>>, &Arc<Mutex<MmioTransport>>)> {
+    pub fn balloon(&self) -> Option<(&Arc<Mutex<Balloon>>, &SharedTransport)> {
         self.registry.iter().find_map(|d| match &d.handle {
             VirtioHandle::Balloon(b) => Some((b, &d.transport)),
             _ => None,

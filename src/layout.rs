@@ -4,8 +4,9 @@
 //! rather than repeating them. The memory map itself is in [`crate::memory`].
 
 pub use devices::legacy::{
-    CMOS_BASE, CMOS_PORT_LEN, COM1_BASE as COM1_PORT, COM1_IRQ, I8042_BASE as I8042_PORT,
-    I8042_KBD_IRQ as I8042_IRQ, I8042_PORT_LEN, SERIAL_PORT_LEN as COM1_PORT_LEN,
+    ACPI_PM_BASE as ACPI_PM_PORT, ACPI_PM_PORT_LEN, CMOS_BASE, CMOS_PORT_LEN,
+    COM1_BASE as COM1_PORT, COM1_IRQ, I8042_BASE as I8042_PORT, I8042_KBD_IRQ as I8042_IRQ,
+    I8042_PORT_LEN, SERIAL_PORT_LEN as COM1_PORT_LEN,
 };
 
 /// IOAPIC input pins; the MP table lists one ISA interrupt per pin.

@@ -9,7 +9,9 @@
 //! 0x0000_8ff0  initial stack (grows down)
 //! 0x0000_9000  PML4, PDPT, PD: identity map of the first 1 GiB
 //! 0x0002_0000  kernel command line
-//! 0x0009_fc00  MP table (in the EBDA, where Linux looks for it)
+//! 0x0009_fc00  MP floating pointer (in the EBDA, where Linux looks for it)
+//! 0x000e_0000  ACPI tables: RSDP, XSDT, FADT, MADT, DSDT  } BIOS area,
+//! 0x000f_0000  MP configuration table                    } e820 reserved
 //! 0x0010_0000  high memory: kernel, then the initrd at the top of low RAM
 //! 0xc000_0000  32-bit MMIO gap: boot timer, then virtio-mmio windows
 //! 0xfec0_0000  IOAPIC, 0xfee0_0000 LAPIC
@@ -29,6 +31,22 @@ pub const CMDLINE_START: u64 = 0x20000;
 /// The x86 kernel's COMMAND_LINE_SIZE, terminating NUL included.
 pub const CMDLINE_MAX_SIZE: usize = 2048;
 pub const EBDA_START: u64 = 0x9fc00;
+/// The BIOS area, reserved in the e820 map up to [`HIMEM_START`]: Linux
+/// finds the ACPI tables and the MP table here and leaves them alone.
+pub const BIOS_AREA_START: u64 = 0xe_0000;
+/// The RSDP, then the other ACPI tables up to [`MPTABLE_START`].
+pub const ACPI_START: u64 = BIOS_AREA_START;
+/// The MP configuration table (room for 254 CPUs: about 5.4 KiB).
+pub const MPTABLE_START: u64 = 0xf_0000;
+// The ACPI tables and the MP table lie in the reserved BIOS area, clear of
+// the zero page, setup_data, page tables and command line below the EBDA.
+const _: () = assert!(
+    ACPI_START >= BIOS_AREA_START
+        && ACPI_START < MPTABLE_START
+        && MPTABLE_START < HIMEM_START
+        && EBDA_START < BIOS_AREA_START
+        && CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START
+);
 pub const HIMEM_START: u64 = 0x10_0000;
 
 pub const MMIO_GAP_START: u64 = 0xc000_0000;

@@ -11,6 +11,7 @@ use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::boot::kernel_scan::VirtioCmdline;
 use crate::config::VmConfig;
 use crate::control::{self, Control, Outcome};
 use crate::device_manager::{self, DeviceManager, VirtioHandle};
@@ -103,6 +104,28 @@ pub fn full_cmdline(
     parts.extend(profile);
     parts.retain(|p| !p.is_empty());
     parts.join(" ")
+}
+
+/// Whether the virtio devices go on the kernel command line
+/// (`virtio_mmio.device=`) rather than in the ACPI DSDT, from what flint
+/// found in the kernel; logs the choice. Never both: the guest would
+/// register every device twice.
+pub fn virtio_on_cmdline(kernel: VirtioCmdline) -> bool {
+    let why = match kernel {
+        VirtioCmdline::Supported => {
+            log::info!(
+                "virtio devices: on the kernel command line (the kernel takes virtio_mmio.device=)"
+            );
+            return true;
+        }
+        VirtioCmdline::Absent => "the kernel has no virtio_mmio.device= parameter",
+        VirtioCmdline::Unknown => {
+            "flint cannot read this kernel, whose payload the guest decompresses, \
+             to see whether it takes virtio_mmio.device="
+        }
+    };
+    log::info!("virtio devices: in the ACPI DSDT ({why})");
+    false
 }
 
 /// An event loop subscriber that only wakes the loop: the work happens in
@@ -208,9 +231,22 @@ impl Vmm {
             }
             _ => None,
         };
-        let cmdline = full_cmdline(cfg, &dm.cmdline, root.as_deref(), profile.as_deref());
+        let on_cmdline = dm.registry.is_empty() || virtio_on_cmdline(images.kernel.virtio_cmdline);
+        let (virtio_args, acpi_virtio) = if on_cmdline {
+            (dm.cmdline.as_slice(), Vec::new())
+        } else {
+            (&[][..], dm.acpi_devices())
+        };
+        let cmdline = full_cmdline(cfg, virtio_args, root.as_deref(), profile.as_deref());
         log::debug!("kernel command line: {cmdline}");
-        let entry = boot::write_boot_data(&mem, &images, cfg.mem_mib, cfg.vcpus, &cmdline)?;
+        let entry = boot::write_boot_data(
+            &mem,
+            &images,
+            cfg.mem_mib,
+            cfg.vcpus,
+            &cmdline,
+            &acpi_virtio,
+        )?;
         let supported = vcpu::supported_cpuid(vm.kvm())?;
         let threads = if cfg.smt { 2 } else { 1 };
         for v in &vcpus {
@@ -223,6 +259,7 @@ impl Vmm {
             stop_evt,
             stop_rx,
             dm.i8042.clone(),
+            &dm.acpi_pm,
             dm.serial.clone(),
             opts.shutdown_timeout,
         )?));
@@ -463,5 +500,12 @@ mod tests {
             "console=ttyS0 virtio_mmio.device=4K@0xc0001000:5 root=/dev/vda rw nopv"
         );
         assert_eq!(full_cmdline(&cfg, &[], None, None), "console=ttyS0");
+    }
+
+    #[test]
+    fn virtio_devices_go_on_the_command_line_only_when_the_kernel_takes_them() {
+        assert!(virtio_on_cmdline(VirtioCmdline::Supported));
+        assert!(!virtio_on_cmdline(VirtioCmdline::Absent));
+        assert!(!virtio_on_cmdline(VirtioCmdline::Unknown));
     }
 }

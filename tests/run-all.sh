@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 need=()
 for pkg in build-essential flex bison bc libelf-dev libssl-dev cpio busybox-static \
            e2fsprogs linux-source-6.1 iproute2 iputils-ping kmod lz4 \
-           runc qemu-system-x86 time musl-tools; do
+           runc qemu-system-x86 time musl-tools acpica-tools; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

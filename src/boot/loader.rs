@@ -11,6 +11,7 @@ use vm_memory::{
 };
 
 use super::bzimage;
+use super::kernel_scan::{self, VirtioCmdline};
 
 use crate::memory::{HIMEM_START, MMIO_GAP_START};
 
@@ -63,6 +64,8 @@ pub struct LoadedKernel {
     pub end: u64,
     /// The setup header of a bzImage, copied into the zero page.
     pub setup_header: Option<setup_header>,
+    /// Whether the kernel takes `virtio_mmio.device=`.
+    pub virtio_cmdline: VirtioCmdline,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +122,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, E
                 entry: r.kernel_load,
                 end: r.kernel_end,
                 setup_header: None,
+                virtio_cmdline: kernel_scan::inspect(mem, &mut file),
             })
         }
         Format::BzImage => {
@@ -136,6 +140,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, E
                 entry: r.kernel_load.unchecked_add(0x200),
                 end: r.kernel_end,
                 setup_header: r.setup_header,
+                virtio_cmdline: VirtioCmdline::Unknown,
             })
         }
     }
@@ -183,6 +188,7 @@ fn load_decompressed(
         entry: r.kernel_load,
         end: r.kernel_end,
         setup_header: Some(hdr),
+        virtio_cmdline: kernel_scan::inspect(mem, &mut Cursor::new(&elf)),
     }))
 }
 

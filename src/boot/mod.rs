@@ -1,9 +1,12 @@
 //! Everything written into guest memory before the first instruction: the
-//! kernel and initrd, the command line, the zero page, the MP table, the
-//! entry-time GDT and page tables; and the vCPU state at entry.
+//! kernel and initrd, the command line, the zero page, the MP table and
+//! the ACPI tables, the entry-time GDT and page tables; and the vCPU state
+//! at entry.
 
+pub mod acpi;
 pub mod bzimage;
 pub mod cpuid;
+pub mod kernel_scan;
 pub mod loader;
 pub mod mptable;
 pub mod msr;
@@ -25,6 +28,8 @@ pub enum Error {
     Params(#[from] params::Error),
     #[error(transparent)]
     MpTable(#[from] mptable::Error),
+    #[error(transparent)]
+    Acpi(#[from] acpi::Error),
     #[error(transparent)]
     Regs(#[from] regs::Error),
     #[error("the kernel command line is {len} bytes; the x86 kernel takes at most {max}")]
@@ -82,13 +87,15 @@ pub fn load_images(
 }
 
 /// Write what the kernel reads at entry (command line, zero page with the
-/// RNG seed, MP table, GDT and page tables) and return the entry point.
+/// RNG seed, MP table, ACPI tables listing `acpi_virtio`, GDT and page
+/// tables) and return the entry point.
 pub fn write_boot_data(
     mem: &GuestMemoryMmap,
     images: &Images,
     mem_mib: u64,
     vcpus: u8,
     cmdline: &str,
+    acpi_virtio: &[acpi::MmioDevice],
 ) -> Result<BootEntry, Error> {
     check_cmdline(cmdline)?;
     let too_long = || Error::CmdlineTooLong {
@@ -102,6 +109,13 @@ pub fn write_boot_data(
     linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cl)
         .map_err(Error::CmdlineWrite)?;
     let seed = params::random_seed()?;
+    let rsdp = acpi::write(
+        mem,
+        &acpi::AcpiConfig {
+            vcpus,
+            virtio: acpi_virtio,
+        },
+    )?;
     params::write(
         mem,
         &params::BootInfo {
@@ -110,6 +124,7 @@ pub fn write_boot_data(
             initrd: images.initrd,
             setup_header: images.kernel.setup_header,
             rng_seed: &seed,
+            acpi_rsdp: Some(rsdp),
         },
     )?;
     mptable::setup(mem, vcpus)?;

@@ -3,11 +3,11 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::memory::{EBDA_START, IOAPIC_ADDR, LAPIC_ADDR};
+use crate::memory::{EBDA_START, IOAPIC_ADDR, LAPIC_ADDR, MPTABLE_START};
 
 /// The floating pointer goes at the start of the EBDA; the configuration
 /// table in the BIOS area at 0xf0000, where it has room for 254 CPUs.
-const MPC_TABLE_START: u64 = 0xf_0000;
+const MPC_TABLE_START: u64 = MPTABLE_START;
 const APIC_VERSION: u8 = 0x14;
 const IOAPIC_VERSION: u8 = 0x11;
 /// IOAPIC input pins (KVM's in-kernel IOAPIC has 24).

@@ -6,10 +6,12 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::loader::LoadedInitrd;
 use crate::memory::{
-    ram_ranges, CMDLINE_START, EBDA_START, HIMEM_START, SETUP_DATA_START, ZERO_PAGE_START,
+    ram_ranges, BIOS_AREA_START, CMDLINE_START, EBDA_START, HIMEM_START, SETUP_DATA_START,
+    ZERO_PAGE_START,
 };
 
 const E820_RAM: u32 = 1;
+const E820_RESERVED: u32 = 2;
 const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
 const KERNEL_HDR_MAGIC: u32 = 0x5372_6448; // "HdrS"
 const KERNEL_LOADER_OTHER: u8 = 0xff;
@@ -34,14 +36,22 @@ pub enum Error {
     Random(std::io::Error),
 }
 
-/// The e820 map for a guest of `mem_mib` MiB: low RAM below the EBDA, and
-/// every RAM range from 1 MiB up. The MP table lives in the hole between.
+/// The e820 map for a guest of `mem_mib` MiB: low RAM below the EBDA, the
+/// BIOS area (ACPI tables and MP table) reserved, and every RAM range from
+/// 1 MiB up.
 pub fn e820_map(mem_mib: u64) -> Vec<boot_e820_entry> {
-    let mut map = vec![boot_e820_entry {
-        addr: 0,
-        size: EBDA_START,
-        r#type: E820_RAM,
-    }];
+    let mut map = vec![
+        boot_e820_entry {
+            addr: 0,
+            size: EBDA_START,
+            r#type: E820_RAM,
+        },
+        boot_e820_entry {
+            addr: BIOS_AREA_START,
+            size: HIMEM_START - BIOS_AREA_START,
+            r#type: E820_RESERVED,
+        },
+    ];
     for (start, len) in ram_ranges(mem_mib) {
         let start = start.0;
         let end = start + len as u64;
@@ -64,6 +74,8 @@ pub struct BootInfo<'a> {
     pub initrd: Option<LoadedInitrd>,
     pub setup_header: Option<setup_header>,
     pub rng_seed: &'a [u8],
+    /// Where the ACPI RSDP is (boot protocol 2.14's `acpi_rsdp_addr`).
+    pub acpi_rsdp: Option<u64>,
 }
 
 /// Build the zero page.
@@ -82,6 +94,9 @@ pub fn build_boot_params(info: &BootInfo) -> Result<boot_params, Error> {
     params.hdr.heap_end_ptr = 0xfe00;
     params.hdr.cmd_line_ptr = CMDLINE_START as u32;
     params.hdr.cmdline_size = info.cmdline_len as u32;
+    if let Some(rsdp) = info.acpi_rsdp {
+        params.acpi_rsdp_addr = rsdp;
+    }
     if let Some(initrd) = info.initrd {
         params.hdr.ramdisk_image = initrd.addr as u32;
         params.hdr.ramdisk_size = initrd.size as u32;
@@ -150,21 +165,25 @@ mod tests {
     #[test]
     fn e820_small_guest() {
         let map = e820_map(128);
-        assert_eq!(map.len(), 2);
+        assert_eq!(map.len(), 3);
         assert_eq!((map[0].addr, map[0].size), (0, EBDA_START));
         assert_eq!(
-            (map[1].addr, map[1].size),
-            (HIMEM_START, (128 << 20) - HIMEM_START)
+            (map[1].addr, map[1].size, map[1].r#type),
+            (0xe_0000, 0x2_0000, E820_RESERVED)
+        );
+        assert_eq!(
+            (map[2].addr, map[2].size, map[2].r#type),
+            (HIMEM_START, (128 << 20) - HIMEM_START, E820_RAM)
         );
     }
 
     #[test]
     fn e820_large_guest_skips_the_gap() {
         let map = e820_map(8192);
-        assert_eq!(map.len(), 3);
-        assert_eq!(map[1].addr + map[1].size, MMIO_GAP_START);
+        assert_eq!(map.len(), 4);
+        assert_eq!(map[2].addr + map[2].size, MMIO_GAP_START);
         assert_eq!(
-            (map[2].addr, map[2].size),
+            (map[3].addr, map[3].size),
             (MMIO_GAP_END, (8192u64 << 20) - MMIO_GAP_START)
         );
     }
@@ -181,6 +200,7 @@ mod tests {
             }),
             setup_header: None,
             rng_seed: &seed,
+            acpi_rsdp: Some(0xe_0000),
         })
         .unwrap();
         let hdr = p.hdr;
@@ -191,7 +211,8 @@ mod tests {
         assert_eq!({ hdr.ramdisk_image }, 0x0f00_0000);
         assert_eq!({ hdr.ramdisk_size }, 0x1234);
         assert_eq!({ hdr.setup_data }, SETUP_DATA_START);
-        assert_eq!(p.e820_entries, 2);
+        assert_eq!(p.e820_entries, 3);
+        assert_eq!({ p.acpi_rsdp_addr }, 0xe_0000);
     }
 
     #[test]

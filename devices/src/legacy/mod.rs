@@ -4,14 +4,18 @@
 //!   guest console.
 //! - [`i8042`]: the PS/2 controller at 0x60/0x64, IRQ 1: keyboard input,
 //!   Ctrl-Alt-Del from the VMM, and the CPU reset that `reboot=k` uses.
+//! - [`acpi_pm`]: the ACPI sleep control and reset registers at 0x600: how
+//!   a guest with ACPI powers off and reboots.
 //!
 //! Each device creates its own EventFds and exposes them; the VMM registers
 //! the interrupt ones as irqfds and watches the rest in its event loop.
 
+pub mod acpi_pm;
 pub mod cmos;
 pub mod i8042;
 pub mod serial;
 
+pub use acpi_pm::{AcpiPmDevice, Error as AcpiPmError, ACPI_PM_BASE, ACPI_PM_PORT_LEN};
 pub use cmos::{Cmos, CMOS_BASE, CMOS_PORT_LEN};
 pub use i8042::{Error as I8042Error, I8042Device, I8042_BASE, I8042_KBD_IRQ, I8042_PORT_LEN};
 pub use serial::{SerialCounts, SerialDevice, SerialMetrics, COM1_BASE, COM1_IRQ, SERIAL_PORT_LEN};
