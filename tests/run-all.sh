@@ -25,9 +25,11 @@ fi
 # whichever python3 is first on PATH.
 python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotlib
 
-# Build (or reuse) the guest and the lab before the tests so their progress
-# shows here.
+# Build (or reuse) the guests (the default one, its ACPI kernel, the
+# Debian image) and the lab before the tests so their progress shows here.
 bash resources/default-guest.sh >/dev/null
+bash resources/kernel/build.sh acpi >/dev/null
+bash resources/debian/build.sh >/dev/null
 bash resources/lab/build.sh >/dev/null
 
 cargo fmt --all -- --check

@@ -1,6 +1,9 @@
 #!/bin/bash
 # Build (or reuse from the cache) the flint guest kernel: Debian's
 # linux-source-6.1, `make tinyconfig` + microvm.config + `make olddefconfig`.
+# `build.sh acpi` builds the same kernel with ACPI instead (acpi.config on
+# top of microvm.config): it finds flint's devices through the ACPI tables,
+# not the command line; the tests use it. Usage: build.sh [acpi]
 #
 # stdout: exactly two lines,
 #   kernel=<cache>/kernel/<key>/vmlinux    (uncompressed ELF, PVH entry note)
@@ -18,7 +21,13 @@ FLINT_PROG=kernel/build.sh
 
 SOURCE_PKG=linux-source-6.1
 TARBALL=/usr/src/linux-source-6.1.tar.xz
-FRAGMENT=$FLINT_RESOURCES/kernel/microvm.config
+VARIANT=${1:-}
+FRAGMENTS=("$FLINT_RESOURCES/kernel/microvm.config")
+case $VARIANT in
+"") ;;
+acpi) FRAGMENTS+=("$FLINT_RESOURCES/kernel/acpi.config") ;;
+*) die "unknown kernel variant ${VARIANT@Q} (known: acpi)" ;;
+esac
 JOBS=${FLINT_JOBS:-2}
 
 # The source package and the toolchain are part of the cache key, so they
@@ -32,6 +41,7 @@ install_missing
 
 manifest=$(cache_manifest \
 	file:kernel/build.sh file:kernel/microvm.config file:lib.sh \
+	${VARIANT:+file:kernel/$VARIANT.config} \
 	pkg:"$SOURCE_PKG" \
 	text:"gcc $(gcc --version | head -n1)" \
 	text:"ld $(ld --version | head -n1)")
@@ -82,39 +92,48 @@ fail() {
 	die "$*"
 }
 
-log "configuring: tinyconfig + ${FRAGMENT#"$FLINT_RESOURCES"/}"
+log "configuring: tinyconfig + ${FRAGMENTS[*]#"$FLINT_RESOURCES"/}"
 kmake tinyconfig || fail "make tinyconfig failed"
-(cd "$src" && scripts/kconfig/merge_config.sh -m .config "$FRAGMENT") >>"$work/build.log" 2>&1 ||
+(cd "$src" && scripts/kconfig/merge_config.sh -m .config "${FRAGMENTS[@]}") >>"$work/build.log" 2>&1 ||
 	fail "merge_config.sh failed"
 kmake olddefconfig || fail "make olddefconfig failed"
 
 # olddefconfig silently drops options whose dependencies are not met: check
-# that every line of the fragment holds in the final .config.
+# that every line of the fragments holds in the final .config (a later
+# fragment's line for an option replaces an earlier one's).
+declare -A want=()
+order=()
+for fragment in "${FRAGMENTS[@]}"; do
+	while IFS= read -r line; do
+		if [[ $line =~ ^(CONFIG_[A-Za-z0-9_]+)=(.*)$ ]] ||
+			[[ $line =~ ^#\ (CONFIG_[A-Za-z0-9_]+)\ is\ not\ set$ ]]; then
+			opt=${BASH_REMATCH[1]}
+			[ -n "${want[$opt]+set}" ] || order+=("$opt")
+			want[$opt]=$line
+		fi
+	done <"$fragment"
+done
 bad=()
 checked=0
-while IFS= read -r line; do
-	if [[ $line =~ ^(CONFIG_[A-Za-z0-9_]+)=(.*)$ ]]; then
-		opt=${BASH_REMATCH[1]}
-		checked=$((checked + 1))
-		if ! grep -qxF -- "$line" "$src/.config"; then
-			got=$(grep -E "^$opt=|^# $opt is not set" "$src/.config" || true)
-			bad+=("$line (got: ${got:-absent})")
-		fi
-	elif [[ $line =~ ^#\ (CONFIG_[A-Za-z0-9_]+)\ is\ not\ set$ ]]; then
-		opt=${BASH_REMATCH[1]}
-		checked=$((checked + 1))
+for opt in "${order[@]}"; do
+	line=${want[$opt]}
+	checked=$((checked + 1))
+	if [[ $line == "# "* ]]; then
 		if got=$(grep -E "^$opt=" "$src/.config"); then
-			bad+=("# $opt is not set (got: $got)")
+			bad+=("$line (got: $got)")
 		fi
+	elif ! grep -qxF -- "$line" "$src/.config"; then
+		got=$(grep -E "^$opt=|^# $opt is not set" "$src/.config" || true)
+		bad+=("$line (got: ${got:-absent})")
 	fi
-done <"$FRAGMENT"
+done
 if [ "${#bad[@]}" -gt 0 ]; then
-	log "these options of microvm.config did not survive make olddefconfig"
+	log "these options of the config fragments did not survive make olddefconfig"
 	log "(missing dependency, or selected by another option):"
 	printf '  %s\n' "${bad[@]}" >&2
 	die "kernel config check failed"
 fi
-log "config check passed: all $checked options of the fragment hold"
+log "config check passed: all $checked options of the fragments hold"
 
 log "compiling vmlinux bzImage (log: $work/build.log)"
 kmake -j"$JOBS" vmlinux bzImage || fail "kernel build failed"

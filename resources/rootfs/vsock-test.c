@@ -10,7 +10,7 @@
  *                                 it reads until EOF
  *   vsock-test connect CID PORT   connect to CID:PORT, send stdin (then shut
  *                                 down the sending side) and copy what comes
- *                                 back to stdout until EOF
+ *                                 back to stdout, until both are done
  *
  * "vsock-test: listening on PORT" goes to stderr once the port is open, so
  * a host-side test knows when to connect. Exit status 0 on success; 1 with
@@ -157,7 +157,7 @@ static int do_connect(unsigned cid, unsigned port)
 	static char buf[65536];
 	struct sockaddr_vm addr;
 	struct pollfd fds[2];
-	int s = socket(AF_VSOCK, SOCK_STREAM, 0), sending = 1;
+	int s = socket(AF_VSOCK, SOCK_STREAM, 0), sending = 1, receiving = 1;
 	if (s < 0)
 		return fail("socket");
 	memset(&addr, 0, sizeof addr);
@@ -166,20 +166,26 @@ static int do_connect(unsigned cid, unsigned port)
 	addr.svm_port = port;
 	if (connect(s, (struct sockaddr *)&addr, sizeof addr) < 0)
 		return fail("connect");
-	for (;;) {
-		int n = 0;
+	/* Until both directions are done: stdin's end shuts down the sending
+	 * side, the peer's end of the stream the receiving one. */
+	while (sending || receiving) {
+		int n = 0, in = -1, net = -1;
 		if (sending) {
+			in = n;
 			fds[n].fd = 0;
 			fds[n++].events = POLLIN;
 		}
-		fds[n].fd = s;
-		fds[n++].events = POLLIN;
+		if (receiving) {
+			net = n;
+			fds[n].fd = s;
+			fds[n++].events = POLLIN;
+		}
 		if (poll(fds, (nfds_t)n, -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			return fail("poll");
 		}
-		if (sending && fds[0].revents) {
+		if (in >= 0 && fds[in].revents) {
 			ssize_t r = read(0, buf, sizeof buf);
 			if (r < 0 && errno != EINTR)
 				return fail("read stdin");
@@ -190,16 +196,17 @@ static int do_connect(unsigned cid, unsigned port)
 				return fail("send");
 			}
 		}
-		if (fds[n - 1].revents) {
+		if (net >= 0 && fds[net].revents) {
 			ssize_t r = read(s, buf, sizeof buf);
 			if (r < 0 && errno != EINTR)
 				return fail("receive");
 			if (r == 0)
-				return 0;
+				receiving = 0;
 			if (r > 0 && write_all(1, buf, (size_t)r) < 0)
 				return fail("write stdout");
 		}
 	}
+	return 0;
 }
 
 int main(int argc, char **argv)

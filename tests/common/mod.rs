@@ -14,9 +14,15 @@ pub const FLINT: &str = env!("CARGO_BIN_EXE_flint");
 
 /// Run a resources/ build script and collect its `NAME=PATH` lines.
 fn build_script(relative: &str) -> HashMap<String, PathBuf> {
+    build_script_with(relative, &[])
+}
+
+/// [`build_script`] with arguments for the script.
+fn build_script_with(relative: &str, args: &[&str]) -> HashMap<String, PathBuf> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
     let out = Command::new("bash")
         .arg(&script)
+        .args(args)
         .stderr(Stdio::inherit())
         .output()
         .unwrap_or_else(|e| panic!("run {relative}: {e}"));
@@ -50,6 +56,28 @@ pub fn tiny(name: &str) -> PathBuf {
     TINY.get_or_init(|| build_script("resources/tiny/build.sh"))
         .get(&format!("tiny_{name}"))
         .unwrap_or_else(|| panic!("resources/tiny/build.sh printed no tiny_{name}="))
+        .clone()
+}
+
+/// The ACPI variant of the default kernel (`resources/kernel/build.sh
+/// acpi`): `kernel` (vmlinux) and `bzimage`.
+pub fn acpi_kernel(name: &str) -> PathBuf {
+    static KERNEL: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
+    KERNEL
+        .get_or_init(|| build_script_with("resources/kernel/build.sh", &["acpi"]))
+        .get(name)
+        .unwrap_or_else(|| panic!("resources/kernel/build.sh acpi printed no {name}="))
+        .clone()
+}
+
+/// The Debian 12 system image (`resources/debian/build.sh`): `kernel`
+/// (Debian's bzImage), `initrd` (its own initramfs) and `rootfs`.
+pub fn debian(name: &str) -> PathBuf {
+    static DEBIAN: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
+    DEBIAN
+        .get_or_init(|| build_script("resources/debian/build.sh"))
+        .get(name)
+        .unwrap_or_else(|| panic!("resources/debian/build.sh printed no {name}="))
         .clone()
 }
 
@@ -200,8 +228,21 @@ pub fn spawn(args: &[&str]) -> Running {
 /// `ip netns exec NS flint ...`), stdin closed, output collected as by
 /// [`spawn`].
 pub fn spawn_command(mut cmd: Command) -> Running {
+    cmd.stdin(Stdio::null());
+    start_collecting(cmd)
+}
+
+/// As [`spawn_command`], with flint's stdin a pipe: what is written to the
+/// returned handle is typed on the guest's serial console.
+pub fn spawn_with_console(mut cmd: Command) -> (Running, std::process::ChildStdin) {
+    cmd.stdin(Stdio::piped());
+    let mut r = start_collecting(cmd);
+    let stdin = r.child.stdin.take().expect("flint's stdin");
+    (r, stdin)
+}
+
+fn start_collecting(mut cmd: Command) -> Running {
     let mut child = cmd
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -375,3 +416,4 @@ pub fn stop_with_sigterm(vm: &mut Running, timeout: Duration) -> String {
     out
 }
 pub mod api;
+pub mod netns;

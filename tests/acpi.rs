@@ -1,0 +1,113 @@
+//! ACPI: kernels with ACPI find their CPUs, IOAPIC and virtio devices in
+//! flint's tables (MADT, DSDT) instead of the MP table and the command
+//! line. These are kernel-level tests: they run on the bare host (a kvm_pvm
+//! host too, where they exercise flint's emulation-failure handling).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{acpi_kernel, artifact, boot_deadline, cmdline, debian, spawn, stop_with_sigterm};
+
+/// Lines where the kernel complains about the firmware's tables.
+fn acpi_errors(out: &str) -> Vec<&str> {
+    out.lines()
+        .filter(|l| l.contains("ACPI Error") || l.contains("ACPI BIOS Error"))
+        .collect()
+}
+
+/// The kernel's own echo of its command line.
+fn kernel_cmdline(out: &str) -> &str {
+    out.lines()
+        .find(|l| l.contains("Command line:"))
+        .unwrap_or_else(|| panic!("no command line echo:\n{out}"))
+}
+
+#[test]
+fn acpi_kernel_finds_its_root_disk_through_the_dsdt() {
+    let kernel = acpi_kernel("kernel");
+    let rootfs = artifact("rootfs");
+    let cl = cmdline("init=/pause");
+    let drive = format!("path={},root=on,ro=on", rootfs.display());
+    let mut vm = spawn(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        &cl,
+        "--drive",
+        &drive,
+        "--vcpus",
+        "2",
+        "--log-level",
+        "info",
+    ]);
+    vm.wait_for(
+        "VFS: Mounted root (ext4 filesystem) readonly",
+        boot_deadline(),
+    );
+    vm.wait_for("Run /pause as init process", Duration::from_secs(120));
+    let out = stop_with_sigterm(&mut vm, Duration::from_secs(120));
+    assert!(
+        !kernel_cmdline(&out).contains("virtio_mmio.device="),
+        "the devices went on the command line:\n{out}"
+    );
+    assert!(out.contains("in the ACPI DSDT"), "{out}");
+    assert!(out.contains("[vda]"), "no virtio disk found:\n{out}");
+    assert!(
+        out.contains("smp: Brought up 1 node, 2 CPUs"),
+        "not every vCPU came up:\n{out}"
+    );
+    assert!(
+        out.contains("ACPI: IOAPIC (id["),
+        "no IOAPIC in the MADT:\n{out}"
+    );
+    assert_eq!(acpi_errors(&out), Vec::<&str>::new(), "{out}");
+}
+
+#[test]
+fn acpi_off_falls_back_to_the_mp_table() {
+    let kernel = acpi_kernel("kernel");
+    let initrd = artifact("initrd");
+    let cl = cmdline("acpi=off rdinit=/pause");
+    let mut vm = spawn(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--cmdline",
+        &cl,
+        "--vcpus",
+        "2",
+    ]);
+    vm.wait_for("Run /pause as init process", boot_deadline());
+    let out = stop_with_sigterm(&mut vm, Duration::from_secs(120));
+    assert!(
+        out.contains("Intel MultiProcessor Specification"),
+        "the MP table was not used:\n{out}"
+    );
+    assert!(out.contains("smp: Brought up 1 node, 2 CPUs"), "{out}");
+    assert!(!out.contains("ACPI: IOAPIC"), "ACPI was used:\n{out}");
+}
+
+#[test]
+fn debians_stock_kernel_reads_flints_tables_without_errors() {
+    let kernel = debian("kernel");
+    // Only the kernel's own start is looked at: it reaches SMP bring-up
+    // and the IOAPIC without its initramfs.
+    let mut vm = spawn(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        "console=ttyS0 panic=-1",
+        "--vcpus",
+        "2",
+        "--memory",
+        "512",
+    ]);
+    vm.wait_for("smp: Brought up 1 node, 2 CPUs", boot_deadline());
+    // The interpreter's messages about the DSDT come a little later.
+    vm.wait_for("ACPI: Interpreter enabled", Duration::from_secs(300));
+    let out = vm.output();
+    assert!(out.contains("ACPI: IOAPIC (id["), "no IOAPIC:\n{out}");
+    assert_eq!(acpi_errors(&out), Vec::<&str>::new(), "{out}");
+}
