@@ -3,6 +3,12 @@
 //! systemd brings it to multi-user.target, and it powers off, reboots and
 //! shuts down on SIGTERM through ACPI and the keyboard controller. systemd
 //! is user space, so on a kvm_pvm host each test re-runs itself in the lab.
+//!
+//! Built only with `--features debian-tests`, and not yet run by
+//! tests/run-all.sh: in the lab, poweroff (with multi-user.target, ping and
+//! a synced write), reboot, a missing root disk and a truncated initrd
+//! pass, but the SIGTERM test has not (once systemd's console output
+//! stalled for 30 s a line), and a boot there takes two minutes or more.
 
 mod common;
 
@@ -12,9 +18,12 @@ use std::process::{ChildStdin, Command};
 use std::time::{Duration, Instant};
 
 use common::netns::Netns;
-use common::{debian, in_lab, ran_in_lab, spawn_with_console, Running, FLINT};
+use common::{debian, in_lab, ran_in_lab_with, spawn_with_console, Running, FLINT};
 
 const GUEST: &str = "172.16.0.2";
+/// systemd's boot takes one to two minutes in the lab's emulation: more
+/// than the lab's usual time limit for a test.
+const LAB: &[&str] = &["--timeout", "900"];
 const HOST: &str = "172.16.0.1";
 
 /// How long the Debian system may take to reach its login prompt: systemd
@@ -87,17 +96,18 @@ impl Debian {
             .arg("--drive")
             .arg(format!("path={},root=on", disk.path().display()))
             .args(["--memory", "512", "--vcpus", "2", "--log-level", "info"])
-            // No reboot=: the kernel resets through the FADT's reset
-            // register, so a reboot exercises flint's ACPI reset too.
+            // reboot=acpi: reset through the FADT's reset register. (Left
+            // to itself, Linux on hardware-reduced ACPI tries an EFI reset,
+            // then the BIOS, neither of which a microVM has.)
             .arg("--cmdline");
         if ns.is_some() {
             // systemd-network-generator turns ip= into a networkd file.
             cmd.arg(format!(
-                "console=ttyS0 panic=1 ip={GUEST}::{HOST}:255.255.255.0::eth0:off"
+                "console=ttyS0 reboot=acpi panic=1 ip={GUEST}::{HOST}:255.255.255.0::eth0:off"
             ));
             cmd.args(["--net", "tap=tap0,mac=06:00:ac:10:00:02"]);
         } else {
-            cmd.arg("console=ttyS0 panic=1");
+            cmd.arg("console=ttyS0 reboot=acpi panic=1");
         }
         let launched = Instant::now();
         let (vm, console) = spawn_with_console(cmd);
@@ -118,7 +128,9 @@ impl Debian {
         }
         eprintln!("debian boot phases since launch: {}", phases.join(", "));
         d.type_line("root");
-        d.run("echo logged-in");
+        // Kernel messages on the console would mix with the commands'
+        // output.
+        d.run("dmesg -n 1");
         d
     }
 
@@ -129,7 +141,8 @@ impl Debian {
     }
 
     /// Run `cmd` at the guest's shell and return what it printed (the
-    /// lines between the command and its end marker).
+    /// lines between the typed command and its end marker, terminal
+    /// escapes and carriage returns taken out).
     fn run(&mut self, cmd: &str) -> String {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -139,11 +152,15 @@ impl Debian {
         self.type_line(&format!("{cmd}; echo end-{n}-$((40+2))"));
         let t0 = Instant::now();
         loop {
-            let out = self.vm.output();
-            if let Some(i) = out.rfind(&format!("\n{end}")) {
-                let before = &out[..i];
-                let start = before.rfind("$((40+2))").map_or(0, |s| s + 9);
-                return before[start..].trim().to_string();
+            let out = plain(&self.vm.output());
+            let lines: Vec<&str> = out.lines().collect();
+            if let Some(e) = lines.iter().rposition(|l| l.trim() == end) {
+                let typed = format!("echo end-{n}-$((40+2))");
+                let s = lines[..e]
+                    .iter()
+                    .rposition(|l| l.contains(&typed))
+                    .map_or(0, |i| i + 1);
+                return lines[s..e].join("\n").trim().to_string();
             }
             if t0.elapsed() > Duration::from_secs(300) {
                 panic!("{cmd:?} did not finish:\n{out}");
@@ -153,11 +170,44 @@ impl Debian {
     }
 }
 
+/// `text` without terminal escape sequences (bash's bracketed-paste
+/// switches, colours) and carriage returns.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => match chars.next() {
+                // CSI: parameters, then one final byte in @..~.
+                Some('[') => {
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                // OSC: up to BEL or ESC \.
+                Some(']') => {
+                    while let Some(c) = chars.next() {
+                        if c == '\u{7}' || (c == '\u{1b}' && chars.next_if_eq(&'\\').is_some()) {
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            },
+            '\r' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[test]
 fn debian_reaches_multi_user_answers_ping_keeps_its_writes_and_powers_off() {
     let test = "debian_reaches_multi_user_answers_ping_keeps_its_writes_and_powers_off";
     let disk = Disk::new("poweroff");
-    if ran_in_lab(test) {
+    if ran_in_lab_with(test, LAB) {
         return;
     }
     common::netns::require_root(test);
@@ -201,7 +251,7 @@ fn debian_reaches_multi_user_answers_ping_keeps_its_writes_and_powers_off() {
 #[test]
 fn debian_reboot_ends_flint_with_0() {
     let disk = Disk::new("reboot");
-    if ran_in_lab("debian_reboot_ends_flint_with_0") {
+    if ran_in_lab_with("debian_reboot_ends_flint_with_0", LAB) {
         return;
     }
     let mut d = Debian::boot(&disk, None);
@@ -216,7 +266,7 @@ fn debian_reboot_ends_flint_with_0() {
 #[test]
 fn sigterm_shuts_debian_down_cleanly() {
     let disk = Disk::new("sigterm");
-    if ran_in_lab("sigterm_shuts_debian_down_cleanly") {
+    if ran_in_lab_with("sigterm_shuts_debian_down_cleanly", LAB) {
         return;
     }
     let mut d = Debian::boot(&disk, None);
@@ -236,7 +286,8 @@ fn sigterm_shuts_debian_down_cleanly() {
 
 #[test]
 fn debian_without_its_root_disk_gives_up_and_flint_exits() {
-    if ran_in_lab("debian_without_its_root_disk_gives_up_and_flint_exits") {
+    debian("kernel"); // built outside the lab
+    if ran_in_lab_with("debian_without_its_root_disk_gives_up_and_flint_exits", LAB) {
         return;
     }
     // No drive: the initramfs cannot find /dev/vda, says so, and with
@@ -263,7 +314,11 @@ fn debian_without_its_root_disk_gives_up_and_flint_exits() {
 
 #[test]
 fn a_truncated_initrd_is_reported_by_the_guest_and_flint_exits() {
-    if ran_in_lab("a_truncated_initrd_is_reported_by_the_guest_and_flint_exits") {
+    debian("kernel"); // built outside the lab
+    if ran_in_lab_with(
+        "a_truncated_initrd_is_reported_by_the_guest_and_flint_exits",
+        LAB,
+    ) {
         return;
     }
     let whole = std::fs::read(debian("initrd")).expect("read Debian's initrd");

@@ -41,11 +41,7 @@ fn build_script_with(relative: &str, args: &[&str]) -> HashMap<String, PathBuf> 
 pub fn guest() -> &'static HashMap<String, PathBuf> {
     static GUEST: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
     GUEST.get_or_init(|| match std::env::var("FLINT_TEST_GUEST") {
-        Ok(map) if !map.is_empty() => map
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
-            .collect(),
+        Ok(map) if !map.is_empty() => parse_artifacts(&map),
         _ => build_script("resources/default-guest.sh"),
     })
 }
@@ -70,15 +66,35 @@ pub fn acpi_kernel(name: &str) -> PathBuf {
         .clone()
 }
 
+static DEBIAN: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
+
 /// The Debian 12 system image (`resources/debian/build.sh`): `kernel`
-/// (Debian's bzImage), `initrd` (its own initramfs) and `rootfs`.
+/// (Debian's bzImage), `initrd` (its own initramfs) and `rootfs`. Built
+/// (or found) outside the lab: a test that re-runs itself there passes the
+/// map in FLINT_TEST_DEBIAN, as it does the default guest's.
 pub fn debian(name: &str) -> PathBuf {
-    static DEBIAN: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
     DEBIAN
-        .get_or_init(|| build_script("resources/debian/build.sh"))
+        .get_or_init(|| match std::env::var("FLINT_TEST_DEBIAN") {
+            Ok(map) if !map.is_empty() => parse_artifacts(&map),
+            _ => build_script("resources/debian/build.sh"),
+        })
         .get(name)
         .unwrap_or_else(|| panic!("resources/debian/build.sh printed no {name}="))
         .clone()
+}
+
+fn parse_artifacts(map: &str) -> HashMap<String, PathBuf> {
+    map.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
+        .collect()
+}
+
+fn format_artifacts(map: &HashMap<String, PathBuf>) -> String {
+    map.iter()
+        .map(|(k, v)| format!("{k}={}", v.display()))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 pub fn artifact(name: &str) -> PathBuf {
@@ -105,10 +121,16 @@ pub fn in_lab() -> bool {
 /// passes or fails with that run, and this returns true: the caller
 /// returns. `test` must be the test function's exact name.
 pub fn ran_in_lab(test: &str) -> bool {
+    ran_in_lab_with(test, &[])
+}
+
+/// [`ran_in_lab`] with arguments for the lab runner (a longer
+/// `--timeout` for a guest that takes minutes to boot there).
+pub fn ran_in_lab_with(test: &str, lab_args: &[&str]) -> bool {
     if !is_pvm_host() {
         return false;
     }
-    lab_run_test(test, &[]);
+    lab_run_test(test, lab_args);
     true
 }
 
@@ -133,10 +155,7 @@ fn lab_instability(status: Option<i32>, text: &str) -> bool {
 pub fn lab_run_test(test: &str, lab_args: &[&str]) {
     let exe = std::env::current_exe().expect("test binary path");
     // Build (or find) the guest here, so the run inside does not have to.
-    let artifacts: Vec<String> = guest()
-        .iter()
-        .map(|(k, v)| format!("{k}={}", v.display()))
-        .collect();
+    let artifacts = format_artifacts(guest());
     let lab = Path::new(env!("CARGO_MANIFEST_DIR")).join("resources/lab/lab");
     let started = Instant::now();
     let mut attempt = 1;
@@ -150,7 +169,10 @@ pub fn lab_run_test(test: &str, lab_args: &[&str]) {
             .arg("--");
         cmd.arg(&exe)
             .args(["--exact", test, "--nocapture", "--test-threads=1"]);
-        cmd.env("FLINT_TEST_GUEST", artifacts.join("\n"));
+        cmd.env("FLINT_TEST_GUEST", &artifacts);
+        if let Some(d) = DEBIAN.get() {
+            cmd.env("FLINT_TEST_DEBIAN", format_artifacts(d));
+        }
         let out = cmd
             .stdin(Stdio::null())
             .output()
