@@ -27,7 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::netns::{require_root, Netns};
-use common::{artifact, boot_deadline, cmdline, ran_in_lab, sha256, Running};
+use common::{artifact, boot_deadline, cmdline, guest_hash, pattern, ran_in_lab, sha256, Running};
 
 const HANDOVER: &str = "Run /pause as init process";
 /// The guest's MACs (locally administered) and the addresses on each link.
@@ -440,15 +440,6 @@ fn two_nics_eth1_answers_ping_and_eth0_carries_netconsole_and_arp() {
     stop_with_sigterm(&mut vm);
 }
 
-/// The hash busybox sha256sum printed for `name` ("HASH  NAME").
-fn guest_hash(console: &str, name: &str) -> Option<String> {
-    console.lines().find_map(|l| {
-        let (hash, rest) = l.trim_end_matches('\r').split_once("  ")?;
-        (rest == name && hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| hash.to_string())
-    })
-}
-
 #[test]
 fn tcp_64_mib_each_way_with_busybox_nc() {
     if ran_in_lab("tcp_64_mib_each_way_with_busybox_nc") {
@@ -456,18 +447,7 @@ fn tcp_64_mib_each_way_with_busybox_nc() {
     }
     require_root("tcp_64_mib_each_way_with_busybox_nc");
     const LEN: usize = 64 << 20;
-    // Pseudo-random bytes (xorshift64), so nothing compresses or repeats.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let data: Arc<Vec<u8>> = Arc::new(
-        (0..LEN / 8)
-            .flat_map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x.to_le_bytes()
-            })
-            .collect(),
-    );
+    let data: Arc<Vec<u8>> = Arc::new(pattern(LEN, 0x9e37_79b9_7f4a_7c15));
     let sent_hash = sha256(&data);
 
     let ns = Netns::new();

@@ -13,23 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::api::{socket_path, ApiVm};
-use common::{artifact, boot_deadline, cmdline, ran_in_lab, sha256, spawn_guest, Running};
+use common::{
+    artifact, boot_deadline, cmdline, guest_hash, pattern, ran_in_lab, sha256, spawn_guest, Running,
+};
 use serde_json::json;
-
-/// `len` pseudo-random bytes (xorshift64 from `seed`): nothing compresses
-/// or repeats.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len.div_ceil(8))
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .take(len)
-        .collect()
-}
 
 /// Connect to the vsock device's socket and ask for guest port `port`;
 /// returns the stream and the device's answer line (`OK <port>` when a
@@ -46,16 +33,6 @@ fn vsock_connect(uds: &Path, port: u32) -> (UnixStream, String) {
         line.push(b[0]);
     }
     (s, String::from_utf8_lossy(&line).into_owned())
-}
-
-/// The hash the guest's `sha256sum` printed for `name` (`-` for stdin).
-fn guest_hash(out: &str, name: &str) -> Option<String> {
-    out.lines().find_map(|l| {
-        let mut w = l.split_whitespace();
-        let (h, n) = (w.next()?, w.next()?);
-        (n == name && h.len() == 64 && h.bytes().all(|c| c.is_ascii_hexdigit()))
-            .then(|| h.to_string())
-    })
 }
 
 /// Wait for the guest's `n`-th "cmd exit" line and return its status.

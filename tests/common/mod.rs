@@ -400,6 +400,31 @@ pub fn spawn_guest(initrd: bool, extra_cmdline: Option<&str>, args: &[&str]) -> 
     spawn(&all)
 }
 
+/// `len` pseudo-random bytes (xorshift64 from an odd `seed`): nothing
+/// compresses or repeats.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len.div_ceil(8))
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .take(len)
+        .collect()
+}
+
+/// The hash the guest's `sha256sum` printed on the console for `name`
+/// (`-` for its stdin).
+pub fn guest_hash(console: &str, name: &str) -> Option<String> {
+    console.lines().find_map(|l| {
+        let (hash, rest) = l.trim_end_matches('\r').split_once("  ")?;
+        (rest == name && hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| hash.to_string())
+    })
+}
+
 /// sha256 of `data` as the host's sha256sum prints it (the guest uses
 /// busybox's, so both sides agree on the text).
 pub fn sha256(data: &[u8]) -> String {
