@@ -474,7 +474,7 @@ impl BusDevice for MmioTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::INT_VRING;
+    use crate::virtio::{VirtioCommon, INT_VRING};
 
     const FAKE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX) | 0b101;
 
@@ -487,23 +487,17 @@ mod tests {
     }
 
     struct FakeDevice {
-        evts: Vec<EventFd>,
+        common: VirtioCommon,
         fail_activate: bool,
         rec: Arc<Mutex<Record>>,
     }
 
     impl VirtioDevice for FakeDevice {
-        fn device_type(&self) -> u32 {
-            super::super::TYPE_BLOCK
+        fn common(&self) -> &VirtioCommon {
+            &self.common
         }
-        fn queue_max_sizes(&self) -> &[u16] {
-            &[16, 8]
-        }
-        fn queue_events(&self) -> &[EventFd] {
-            &self.evts
-        }
-        fn avail_features(&self) -> u64 {
-            FAKE_FEATURES
+        fn common_mut(&mut self) -> &mut VirtioCommon {
+            &mut self.common
         }
         fn ack_features(&mut self, features: u64) {
             self.rec.lock().unwrap().acked = Some(features);
@@ -536,7 +530,12 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
         let rec = Arc::new(Mutex::new(Record::default()));
         let dev = FakeDevice {
-            evts: vec![EventFd::new(0).unwrap(), EventFd::new(0).unwrap()],
+            common: VirtioCommon::new(
+                super::super::TYPE_BLOCK,
+                FAKE_FEATURES,
+                vec![16, 8],
+                vec![EventFd::new(0).unwrap(), EventFd::new(0).unwrap()],
+            ),
             fail_activate,
             rec: rec.clone(),
         };

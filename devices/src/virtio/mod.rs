@@ -10,6 +10,7 @@
 pub mod active;
 pub mod balloon;
 pub mod block;
+pub mod common;
 pub mod mmio;
 pub mod net;
 pub mod rng;
@@ -25,6 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+pub use common::VirtioCommon;
 
 /// virtio device IDs (virtio 1.2, section 5).
 pub const TYPE_NET: u32 = 1;
@@ -114,18 +117,37 @@ impl Interrupt {
 }
 
 /// A virtio device model behind a transport.
+///
+/// A device implements `common`, `common_mut` and the methods about its
+/// own work; identity, queues and features come from its [`VirtioCommon`]
+/// through the provided methods, which a device overrides only to add to
+/// them.
 pub trait VirtioDevice: Send {
+    /// What the device holds like every other.
+    fn common(&self) -> &VirtioCommon;
+    /// The same, to record the driver's features.
+    fn common_mut(&mut self) -> &mut VirtioCommon;
     /// virtio device ID ([`TYPE_NET`], [`TYPE_BLOCK`], [`TYPE_VSOCK`], ...).
-    fn device_type(&self) -> u32;
+    fn device_type(&self) -> u32 {
+        self.common().device_type()
+    }
     /// Maximum size of each queue; the length is the number of queues.
-    fn queue_max_sizes(&self) -> &[u16];
+    fn queue_max_sizes(&self) -> &[u16] {
+        self.common().queue_max_sizes()
+    }
     /// One EventFd per queue, written when the driver notifies that queue.
-    fn queue_events(&self) -> &[EventFd];
+    fn queue_events(&self) -> &[EventFd] {
+        self.common().queue_events()
+    }
     /// Features the device offers.
-    fn avail_features(&self) -> u64;
+    fn avail_features(&self) -> u64 {
+        self.common().avail_features()
+    }
     /// The features the driver accepted (a subset of `avail_features`), given
     /// when the driver sets FEATURES_OK.
-    fn ack_features(&mut self, features: u64);
+    fn ack_features(&mut self, features: u64) {
+        self.common_mut().ack(features);
+    }
     /// Read the device-specific configuration space.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Write the device-specific configuration space.

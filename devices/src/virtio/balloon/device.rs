@@ -17,8 +17,8 @@ use super::{
 };
 use crate::virtio::active::ActiveQueues;
 use crate::virtio::{
-    check_queues, read_config_bytes, timer, ActivateError, Interrupt, VirtioDevice, INT_CONFIG,
-    TYPE_BALLOON, VIRTIO_F_VERSION_1,
+    check_queues, read_config_bytes, timer, ActivateError, Interrupt, VirtioCommon, VirtioDevice,
+    INT_CONFIG, TYPE_BALLOON, VIRTIO_F_VERSION_1,
 };
 
 /// Config space: le32 num_pages, le32 actual. The later fields belong to
@@ -49,10 +49,7 @@ pub struct Balloon {
     pub(super) cfg: BalloonConfig,
     /// `actual` as the driver last wrote it (little-endian).
     actual: [u8; 4],
-    avail_features: u64,
-    acked_features: u64,
-    queue_sizes: Vec<u16>,
-    pub(super) queue_evts: Vec<EventFd>,
+    common: VirtioCommon,
     pub(super) stats_timer: TimerFd,
     pub(super) active: Option<Active>,
     /// The statistics buffer the device holds until the next poll.
@@ -81,10 +78,12 @@ impl Balloon {
         Ok(Balloon {
             cfg: *cfg,
             actual: [0; 4],
-            avail_features,
-            acked_features: 0,
-            queue_sizes: vec![QUEUE_SIZE; n],
-            queue_evts,
+            common: VirtioCommon::new(
+                TYPE_BALLOON,
+                avail_features,
+                vec![QUEUE_SIZE; n],
+                queue_evts,
+            ),
             stats_timer: timer::new_timer().map_err(Error::Timer)?,
             active: None,
             stats_head: None,
@@ -174,10 +173,6 @@ impl Balloon {
         Ok(())
     }
 
-    fn has_feature(&self, bit: u32) -> bool {
-        self.acked_features & (1 << bit) != 0
-    }
-
     fn config_image(&self) -> [u8; CONFIG_LEN] {
         let mut image = [0u8; CONFIG_LEN];
         image[..ACTUAL_OFFSET].copy_from_slice(&self.target_pages().to_le_bytes());
@@ -206,24 +201,12 @@ impl std::fmt::Debug for Balloon {
 }
 
 impl VirtioDevice for Balloon {
-    fn device_type(&self) -> u32 {
-        TYPE_BALLOON
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
-    fn avail_features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn ack_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -255,7 +238,7 @@ impl VirtioDevice for Balloon {
         interrupt: Arc<Interrupt>,
         mut queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        let stats_on = self.has_feature(VIRTIO_BALLOON_F_STATS_VQ);
+        let stats_on = self.common.has_feature(VIRTIO_BALLOON_F_STATS_VQ);
         let want = if stats_on { 3 } else { 2 };
         if queues.len() < want {
             return Err(ActivateError::QueueCount {
@@ -268,7 +251,8 @@ impl VirtioDevice for Balloon {
         if let Some(q) = &stats {
             check_queues([q], &mem).map_err(|_| ActivateError::InvalidQueue(STATS_INDEX))?;
         }
-        let q = ActiveQueues::<2>::new(mem, interrupt, queues, false)?;
+        // EVENT_IDX is not offered, so the queues go without it.
+        let q = self.common.activate_queues(mem, interrupt, queues)?;
         if stats_on {
             let period = Duration::from_secs(self.cfg.stats_polling_interval_s.into());
             timer::arm_periodic(&mut self.stats_timer, period).map_err(|e| {
@@ -279,7 +263,7 @@ impl VirtioDevice for Balloon {
         self.stats_head = None;
         // Let the event loop look at every queue once: the driver posts its
         // first statistics buffer (and maybe more) before DRIVER_OK.
-        for evt in &self.queue_evts[..want] {
+        for evt in &self.common.queue_events()[..want] {
             evt.write(1).map_err(ActivateError::Signal)?;
         }
         Ok(())
@@ -288,7 +272,7 @@ impl VirtioDevice for Balloon {
     fn reset(&mut self) {
         self.active = None;
         self.stats_head = None;
-        self.acked_features = 0;
+        self.common.clear_acked();
         // The next driver starts with an empty balloon.
         self.actual = [0; 4];
         if let Err(e) = timer::disarm(&mut self.stats_timer) {
@@ -300,7 +284,8 @@ impl VirtioDevice for Balloon {
 impl MutEventSubscriber for Balloon {
     fn init(&mut self, ops: &mut EventOps) {
         let mut fds: Vec<Events> = self
-            .queue_evts
+            .common
+            .queue_events()
             .iter()
             .zip(0u32..)
             .map(|(evt, token)| Events::with_data(evt, token, EventSet::IN))
@@ -324,7 +309,7 @@ impl MutEventSubscriber for Balloon {
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         let token = events.data();
-        if let Some(evt) = self.queue_evts.get(token as usize) {
+        if let Some(evt) = self.common.queue_events().get(token as usize) {
             // Kicks before activation only need draining.
             let _ = evt.read();
         }

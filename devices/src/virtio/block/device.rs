@@ -24,8 +24,8 @@ use super::{
 };
 use crate::virtio::active::ActiveQueues;
 use crate::virtio::{
-    read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
+    read_config_bytes, ActivateError, Interrupt, VirtioCommon, VirtioDevice, TYPE_BLOCK,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 
 const CAPACITY_OFFSET: usize = offset_of!(virtio_blk_config, capacity);
@@ -53,10 +53,8 @@ pub struct Block {
     pub(super) disk: Disk,
     pub(super) path: PathBuf,
     drive_id: String,
-    avail_features: u64,
-    acked_features: u64,
+    common: VirtioCommon,
     config: [u8; CONFIG_LEN],
-    queue_evts: [EventFd; 1],
     pub(super) counters: BlockCounters,
     /// Scratch for parsing chains.
     pub(super) descs: Vec<Descriptor>,
@@ -119,10 +117,13 @@ impl Block {
             },
             path,
             drive_id: cfg.drive_id.clone(),
-            avail_features,
-            acked_features: 0,
+            common: VirtioCommon::new(
+                TYPE_BLOCK,
+                avail_features,
+                vec![QUEUE_SIZE],
+                vec![queue_evt],
+            ),
             config,
-            queue_evts: [queue_evt],
             counters: BlockCounters::default(),
             descs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             done: Vec::with_capacity(usize::from(QUEUE_SIZE)),
@@ -203,7 +204,7 @@ impl Block {
 
     /// The queue's kick EventFd (also in `queue_events()`).
     pub fn queue_event(&self) -> &EventFd {
-        &self.queue_evts[0]
+        self.common.queue_event(0)
     }
 
     /// With io_uring, readable when requests have finished.
@@ -213,7 +214,7 @@ impl Block {
 
     /// The queue EventFd fired: take new requests.
     pub fn handle_queue_event(&mut self) {
-        if let Err(e) = self.queue_evts[0].read() {
+        if let Err(e) = self.queue_event().read() {
             if e.kind() != io::ErrorKind::WouldBlock {
                 error!(
                     "disk {}: reading the queue EventFd: {e}",
@@ -286,24 +287,12 @@ fn open_image(path: &Path, read_only: bool) -> Result<File, BlockError> {
 }
 
 impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        TYPE_BLOCK
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
-    fn avail_features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn ack_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -325,15 +314,14 @@ impl VirtioDevice for Block {
         interrupt: Arc<Interrupt>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        let event_idx = self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
-        let active = Active::new(mem, interrupt, queues, event_idx)?;
+        let active: Active = self.common.activate_queues(mem, interrupt, queues)?;
         self.quiesce();
         self.active = Some(active);
         self.stalled = false;
         self.broken = false;
         // Let the event loop look at the queue once, in case the driver
         // queued requests before this point.
-        self.queue_evts[0].write(1).map_err(ActivateError::Signal)
+        self.queue_event().write(1).map_err(ActivateError::Signal)
     }
 
     fn reset(&mut self) {
@@ -342,7 +330,7 @@ impl VirtioDevice for Block {
         // the driver has reclaimed.
         self.quiesce();
         self.active = None;
-        self.acked_features = 0;
+        self.common.clear_acked();
         self.stalled = false;
         self.broken = false;
     }
@@ -356,7 +344,7 @@ impl Drop for Block {
 
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
-        let queue = Events::with_data(&self.queue_evts[0], QUEUE_TOKEN, EventSet::IN);
+        let queue = Events::with_data(self.queue_event(), QUEUE_TOKEN, EventSet::IN);
         if let Err(e) = ops.add(queue) {
             error!(
                 "disk {}: cannot watch the queue EventFd: {e}",

@@ -23,11 +23,9 @@ use super::{
 };
 use crate::virtio::active::ActiveQueues;
 use crate::virtio::{
-    read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
+    read_config_bytes, ActivateError, Interrupt, VirtioCommon, VirtioDevice, TYPE_NET,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
-
-const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];
 
 /// `struct virtio_net_config` up to `mtu`: mac[6], status, max_virtqueue_pairs, mtu.
 const CONFIG_LEN: usize = 12;
@@ -54,12 +52,10 @@ pub struct Net {
     iface_id: String,
     mac: [u8; 6],
     backend: Box<dyn NetBackend>,
-    queue_evts: [EventFd; 2],
+    common: VirtioCommon,
     /// Written by `activate` and `reset` (vCPU thread) so the event loop
     /// re-evaluates what it polls.
     activate_evt: EventFd,
-    avail_features: u64,
-    acked_features: u64,
     config: [u8; CONFIG_LEN],
     active: Option<Active>,
     rx: RxPath,
@@ -76,7 +72,7 @@ impl std::fmt::Debug for Net {
             .field("mac", &super::format_mac(&self.mac))
             .field(
                 "acked_features",
-                &format_args!("{:#x}", self.acked_features),
+                &format_args!("{:#x}", self.common.acked_features()),
             )
             .field("active", &self.active.is_some())
             .field("counters", &self.counters)
@@ -140,10 +136,13 @@ impl Net {
             iface_id: cfg.iface_id.clone(),
             mac,
             backend,
-            queue_evts: [evt()?, evt()?],
+            common: VirtioCommon::new(
+                TYPE_NET,
+                avail_features,
+                vec![QUEUE_SIZE; 2],
+                vec![evt()?, evt()?],
+            ),
             activate_evt: evt()?,
-            avail_features,
-            acked_features: 0,
             config,
             active: None,
             rx: RxPath::new(),
@@ -171,10 +170,6 @@ impl Net {
     /// Whether the driver has set DRIVER_OK (and not reset since).
     pub fn is_activated(&self) -> bool {
         self.active.is_some()
-    }
-
-    fn has_feature(&self, bit: u32) -> bool {
-        self.acked_features & (1u64 << bit) != 0
     }
 
     fn process_rx(&mut self) {
@@ -229,24 +224,16 @@ impl Net {
 }
 
 impl VirtioDevice for Net {
-    fn device_type(&self) -> u32 {
-        TYPE_NET
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
-    fn avail_features(&self) -> u64 {
-        self.avail_features
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
     }
 
     fn ack_features(&mut self, features: u64) {
-        let unknown = features & !self.avail_features;
+        let unknown = self.common.ack(features);
         if unknown != 0 {
             log::warn!(
                 "net {}: the driver accepted features {unknown:#x} that were not offered; \
@@ -254,7 +241,6 @@ impl VirtioDevice for Net {
                 self.iface_id
             );
         }
-        self.acked_features = features & self.avail_features;
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -277,11 +263,10 @@ impl VirtioDevice for Net {
         interrupt: Arc<Interrupt>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        let event_idx = self.has_feature(VIRTIO_RING_F_EVENT_IDX);
-        let active = Active::new(mem, interrupt, queues, event_idx)?;
+        let active: Active = self.common.activate_queues(mem, interrupt, queues)?;
 
-        let mrg_rxbuf = self.has_feature(VIRTIO_NET_F_MRG_RXBUF);
-        let hdr_len = if self.has_feature(VIRTIO_F_VERSION_1) || mrg_rxbuf {
+        let mrg_rxbuf = self.common.has_feature(VIRTIO_NET_F_MRG_RXBUF);
+        let hdr_len = if self.common.has_feature(VIRTIO_F_VERSION_1) || mrg_rxbuf {
             VNET_HDR_LEN
         } else {
             VNET_HDR_LEN_LEGACY
@@ -292,7 +277,7 @@ impl VirtioDevice for Net {
         self.backend
             .set_vnet_hdr_len(hdr_len)
             .map_err(|e| backend_err("setting the vnet header length", e))?;
-        let offloads = tap_offload_flags(self.acked_features);
+        let offloads = tap_offload_flags(self.common.acked_features());
         self.backend
             .set_offload(offloads)
             .map_err(|e| backend_err("setting the TAP offloads", e))?;
@@ -308,7 +293,7 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         self.active = None;
         self.rx.reset();
-        self.acked_features = 0;
+        self.common.clear_acked();
         // Until the next driver negotiates, the TAP must not hand us frames
         // that need offloads it may not accept.
         if let Err(e) = self.backend.set_offload(0) {
@@ -324,8 +309,8 @@ impl VirtioDevice for Net {
 impl MutEventSubscriber for Net {
     fn init(&mut self, ops: &mut EventOps) {
         let fds = [
-            (&self.queue_evts[RX_INDEX], TOKEN_RX_QUEUE),
-            (&self.queue_evts[TX_INDEX], TOKEN_TX_QUEUE),
+            (self.common.queue_event(RX_INDEX), TOKEN_RX_QUEUE),
+            (self.common.queue_event(TX_INDEX), TOKEN_TX_QUEUE),
             (&self.activate_evt, TOKEN_ACTIVATE),
         ];
         for (fd, token) in fds {
@@ -343,12 +328,12 @@ impl MutEventSubscriber for Net {
         match events.data() {
             TOKEN_RX_QUEUE => {
                 // Kicks before activation only need draining.
-                let _ = self.queue_evts[RX_INDEX].read();
+                let _ = self.common.queue_event(RX_INDEX).read();
                 // New RX buffers: a pending frame may fit now.
                 self.process_rx();
             }
             TOKEN_TX_QUEUE => {
-                let _ = self.queue_evts[TX_INDEX].read();
+                let _ = self.common.queue_event(TX_INDEX).read();
                 self.process_tx();
             }
             TOKEN_ACTIVATE => {

@@ -13,7 +13,7 @@ use super::{Error, RngConfig, RngCounters, MAX_REQUEST_BYTES, QUEUE_SIZE};
 use crate::rate_limiter::TokenBucket;
 use crate::virtio::active::ActiveQueues;
 use crate::virtio::{
-    timer, ActivateError, Interrupt, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1,
+    timer, ActivateError, Interrupt, VirtioCommon, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
 };
 
@@ -33,7 +33,7 @@ pub(super) type Active = ActiveQueues<1>;
 /// interrupt as an irqfd. `init` registers the queue EventFd and the rate
 /// limiter's timerfd.
 pub struct Rng {
-    pub(super) queue_evts: [EventFd; 1],
+    common: VirtioCommon,
     /// Fires when the rate limiter has tokens again.
     pub(super) timer: TimerFd,
     pub(super) bucket: Option<TokenBucket>,
@@ -41,8 +41,6 @@ pub struct Rng {
     epoch: Instant,
     /// The queue waits for `timer`; kicks until then are ignored.
     pub(super) throttled: bool,
-    avail_features: u64,
-    acked_features: u64,
     pub(super) active: Option<Active>,
     /// Random bytes on their way into one request's buffers.
     pub(super) scratch: Vec<u8>,
@@ -54,16 +52,20 @@ pub struct Rng {
 impl Rng {
     pub fn new(cfg: &RngConfig) -> Result<Self, Error> {
         let epoch = Instant::now();
+        let avail_features = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX);
         Ok(Rng {
-            queue_evts: [EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?],
+            common: VirtioCommon::new(
+                TYPE_RNG,
+                avail_features,
+                vec![QUEUE_SIZE],
+                vec![EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?],
+            ),
             timer: timer::new_timer().map_err(Error::Timer)?,
             bucket: cfg
                 .rate_limiter
                 .and_then(|b| TokenBucket::new(b, Duration::ZERO)),
             epoch,
             throttled: false,
-            avail_features: (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX),
-            acked_features: 0,
             active: None,
             scratch: vec![0; MAX_REQUEST_BYTES],
             bufs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
@@ -93,7 +95,7 @@ impl Rng {
     /// The queue EventFd fired.
     fn handle_queue_event(&mut self) {
         // Kicks before activation or while throttled only need draining.
-        let _ = self.queue_evts[0].read();
+        let _ = self.common.queue_event(0).read();
         if !self.throttled {
             self.process_queue();
         }
@@ -131,24 +133,12 @@ impl std::fmt::Debug for Rng {
 }
 
 impl VirtioDevice for Rng {
-    fn device_type(&self) -> u32 {
-        TYPE_RNG
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
-    fn avail_features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn ack_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
     }
 
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
@@ -169,18 +159,20 @@ impl VirtioDevice for Rng {
         interrupt: Arc<Interrupt>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        let event_idx = self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
-        let active = Active::new(mem, interrupt, queues, event_idx)?;
+        let active: Active = self.common.activate_queues(mem, interrupt, queues)?;
         self.stop_throttling();
         self.active = Some(active);
         // Let the event loop look at the queue once, in case the driver
         // posted buffers before DRIVER_OK.
-        self.queue_evts[0].write(1).map_err(ActivateError::Signal)
+        self.common
+            .queue_event(0)
+            .write(1)
+            .map_err(ActivateError::Signal)
     }
 
     fn reset(&mut self) {
         self.active = None;
-        self.acked_features = 0;
+        self.common.clear_acked();
         self.stop_throttling();
     }
 }
@@ -188,7 +180,7 @@ impl VirtioDevice for Rng {
 impl MutEventSubscriber for Rng {
     fn init(&mut self, ops: &mut EventOps) {
         let fds = [
-            Events::with_data(&self.queue_evts[0], QUEUE_TOKEN, EventSet::IN),
+            Events::with_data(self.common.queue_event(0), QUEUE_TOKEN, EventSet::IN),
             Events::with_data(&self.timer, TIMER_TOKEN, EventSet::IN),
         ];
         for events in fds {

@@ -18,11 +18,9 @@ use super::{
 };
 use crate::virtio::active::ActiveQueues;
 use crate::virtio::{
-    read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
+    read_config_bytes, ActivateError, Interrupt, VirtioCommon, VirtioDevice, TYPE_VSOCK,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
-
-const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
 
 // Event loop tokens; host streams use FIRST_STREAM_TOKEN and up.
 const TOKEN_RX_QUEUE: u32 = 0;
@@ -45,12 +43,10 @@ type Active = ActiveQueues<3>;
 /// are added and removed as connections come and go.
 pub struct Vsock {
     muxer: Muxer,
-    queue_evts: [EventFd; 3],
+    common: VirtioCommon,
     /// Written by `activate` and `reset` (vCPU thread) so the event loop
     /// runs the queues or lets go of the streams.
     activate_evt: EventFd,
-    avail_features: u64,
-    acked_features: u64,
     /// `struct virtio_vsock_config`: guest_cid, le64.
     config: [u8; 8],
     active: Option<Active>,
@@ -85,14 +81,13 @@ impl Vsock {
                 source,
             })
         };
-        let queue_evts = [evt()?, evt()?, evt()?];
+        let queue_evts = vec![evt()?, evt()?, evt()?];
         let activate_evt = evt()?;
+        let avail_features = (1u64 << VIRTIO_F_VERSION_1) | (1u64 << VIRTIO_RING_F_EVENT_IDX);
         Ok(Vsock {
             muxer: Muxer::new(cfg)?,
-            queue_evts,
+            common: VirtioCommon::new(TYPE_VSOCK, avail_features, vec![QUEUE_SIZE; 3], queue_evts),
             activate_evt,
-            avail_features: (1u64 << VIRTIO_F_VERSION_1) | (1u64 << VIRTIO_RING_F_EVENT_IDX),
-            acked_features: 0,
             config: cfg.guest_cid.to_le_bytes(),
             active: None,
             held_rx: None,
@@ -267,24 +262,12 @@ impl Vsock {
 }
 
 impl VirtioDevice for Vsock {
-    fn device_type(&self) -> u32 {
-        TYPE_VSOCK
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
-    fn avail_features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn ack_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -305,8 +288,7 @@ impl VirtioDevice for Vsock {
         interrupt: Arc<Interrupt>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        let event_idx = self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
-        let active = Active::new(mem, interrupt, queues, event_idx)?;
+        let active: Active = self.common.activate_queues(mem, interrupt, queues)?;
         self.active = Some(active);
         self.held_rx = None;
         self.muxer.set_active();
@@ -316,7 +298,7 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         self.active = None;
         self.held_rx = None;
-        self.acked_features = 0;
+        self.common.clear_acked();
         self.muxer.reset();
         if let Err(e) = self.activate_evt.write(1) {
             // The streams are shut down already; they close at the next event.
@@ -328,9 +310,9 @@ impl VirtioDevice for Vsock {
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
         let fds = [
-            (&self.queue_evts[RX_INDEX], TOKEN_RX_QUEUE),
-            (&self.queue_evts[TX_INDEX], TOKEN_TX_QUEUE),
-            (&self.queue_evts[EVENT_INDEX], TOKEN_EVENT_QUEUE),
+            (self.common.queue_event(RX_INDEX), TOKEN_RX_QUEUE),
+            (self.common.queue_event(TX_INDEX), TOKEN_TX_QUEUE),
+            (self.common.queue_event(EVENT_INDEX), TOKEN_EVENT_QUEUE),
             (&self.activate_evt, TOKEN_ACTIVATE),
         ];
         for (fd, token) in fds {
@@ -350,16 +332,16 @@ impl MutEventSubscriber for Vsock {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match events.data() {
             TOKEN_RX_QUEUE => {
-                Self::drain(&self.queue_evts[RX_INDEX], "RX queue");
+                Self::drain(self.common.queue_event(RX_INDEX), "RX queue");
                 self.process_rx();
             }
             TOKEN_TX_QUEUE => {
-                Self::drain(&self.queue_evts[TX_INDEX], "TX queue");
+                Self::drain(self.common.queue_event(TX_INDEX), "TX queue");
                 self.process_tx();
             }
             // The event queue only holds buffers for events this device
             // never sends (TRANSPORT_RESET is for migration).
-            TOKEN_EVENT_QUEUE => Self::drain(&self.queue_evts[EVENT_INDEX], "event queue"),
+            TOKEN_EVENT_QUEUE => Self::drain(self.common.queue_event(EVENT_INDEX), "event queue"),
             TOKEN_ACTIVATE => {
                 Self::drain(&self.activate_evt, "activation");
                 // The driver may have queued packets before DRIVER_OK.
