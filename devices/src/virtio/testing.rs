@@ -1,6 +1,7 @@
 //! A driver stand-in for device tests: virtio-queue's mock split queues in
-//! guest memory, chains published from (address, length, device-writable)
-//! triples, the used ring read back, and an event loop run until idle.
+//! guest memory, buffers placed above them, chains published from (address,
+//! length, device-writable) triples, the used ring read back, and an event
+//! loop run until idle.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Queue `i` lives at `i * QUEUE_SPACING`; buffers go above the queues.
 const QUEUE_SPACING: u64 = 0x1_0000;
@@ -26,6 +27,8 @@ pub(crate) struct Driver<'a> {
     queues: Vec<MockSplitQueue<'a, GuestMemoryMmap>>,
     next_desc: Vec<u16>,
     size: u16,
+    /// Where `alloc` places the next buffer.
+    next_buf: u64,
 }
 
 impl<'a> Driver<'a> {
@@ -37,6 +40,7 @@ impl<'a> Driver<'a> {
                 .collect(),
             next_desc: vec![0; n],
             size,
+            next_buf: n as u64 * QUEUE_SPACING,
         }
     }
 
@@ -53,6 +57,18 @@ impl<'a> Driver<'a> {
             .collect()
     }
 
+    /// A buffer of `len` bytes (64-byte aligned) above the queues and
+    /// every buffer placed before it.
+    pub fn alloc(&mut self, len: u32) -> u64 {
+        let addr = self.next_buf;
+        self.next_buf += u64::from(len.max(1)).next_multiple_of(64);
+        assert!(
+            self.next_buf <= self.mem.last_addr().raw_value(),
+            "test ran out of guest memory"
+        );
+        addr
+    }
+
     /// Publish a chain of (addr, len, device-writable) descriptors on queue
     /// `q`; returns its head index.
     pub fn add_chain(&mut self, q: usize, descs: &[(u64, u32, bool)]) -> u16 {
@@ -61,33 +77,70 @@ impl<'a> Driver<'a> {
             self.next_desc[q] = 0;
         }
         let first = self.next_desc[q];
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, writable))| {
-                let mut flags = if writable {
-                    VRING_DESC_F_WRITE as u16
-                } else {
-                    0
-                };
-                if i + 1 < descs.len() {
-                    flags |= VRING_DESC_F_NEXT as u16;
-                }
-                SplitDescriptor::new(addr, len, flags, first + i as u16 + 1).into()
-            })
-            .collect();
-        self.queues[q].add_desc_chains(&raw, first).unwrap();
+        for (i, &(addr, len, writable)) in descs.iter().enumerate() {
+            let mut flags = if writable {
+                VRING_DESC_F_WRITE as u16
+            } else {
+                0
+            };
+            if i + 1 < descs.len() {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            let idx = first + i as u16;
+            let raw: RawDescriptor = SplitDescriptor::new(addr, len, flags, idx + 1).into();
+            self.queues[q].desc_table().store(idx, raw).unwrap();
+        }
         self.next_desc[q] += n;
+        // The avail ring by hand: the mock's own helper does not wrap.
+        let avail = self.queues[q].avail_addr();
+        let idx: u16 = self.mem.read_obj(avail.unchecked_add(2)).unwrap();
+        let slot = avail.unchecked_add(4 + 2 * u64::from(idx % self.size));
+        self.mem.write_obj(first, slot).unwrap();
+        self.mem
+            .write_obj(idx.wrapping_add(1), avail.unchecked_add(2))
+            .unwrap();
         first
     }
 
-    /// The used ring of queue `q`: (head, len) per entry.
+    /// Put `bytes` in fresh buffers as a device-readable chain on queue `q`,
+    /// cut into descriptors at the offsets in `cuts`; returns its head.
+    pub fn add_bytes(&mut self, q: usize, bytes: &[u8], cuts: &[usize]) -> u16 {
+        let mut descs = Vec::new();
+        let mut start = 0;
+        for end in cuts.iter().copied().chain([bytes.len()]) {
+            let addr = self.alloc((end - start) as u32);
+            self.write(addr, &bytes[start..end]);
+            descs.push((addr, (end - start) as u32, false));
+            start = end;
+        }
+        self.add_chain(q, &descs)
+    }
+
+    /// Set the driver's used_event (EVENT_IDX) for queue `q`.
+    pub fn set_used_event(&self, q: usize, v: u16) {
+        let at = self.queues[q]
+            .avail_addr()
+            .unchecked_add(4 + 2 * u64::from(self.size));
+        self.mem.write_obj(v, at).unwrap();
+    }
+
+    /// A new driver after a reset: zeroed rings, descriptors from 0 again.
+    pub fn clear_rings(&mut self) {
+        for base in (0..self.queues.len() as u64).map(|i| i * QUEUE_SPACING) {
+            self.write(base, &[0u8; QUEUE_SPACING as usize]);
+        }
+        self.next_desc.fill(0);
+    }
+
+    /// The used ring of queue `q`: (head, len) per entry, oldest first.
+    /// Entries `i` and `i + size` share a slot, so only the latest `size`
+    /// entries read back as they were written.
     pub fn used(&self, q: usize) -> Vec<(u32, u32)> {
         let base = self.queues[q].used_addr();
         let idx: u16 = self.mem.read_obj(base.unchecked_add(2)).unwrap();
         (0..u64::from(idx))
             .map(|i| {
-                let at = base.unchecked_add(4 + 8 * i);
+                let at = base.unchecked_add(4 + 8 * (i % u64::from(self.size)));
                 let id: u32 = self.mem.read_obj(at).unwrap();
                 let len: u32 = self.mem.read_obj(at.unchecked_add(4)).unwrap();
                 (id, len)
@@ -123,8 +176,14 @@ impl<T: MutEventSubscriber> Loop<T> {
 
     /// Run the event loop until it is idle; returns how many events it saw.
     pub fn run(&mut self) -> usize {
+        self.run_up_to(64)
+    }
+
+    /// Run the event loop until it is idle, for at most `rounds` rounds of
+    /// events; returns how many events it saw.
+    pub fn run_up_to(&mut self, rounds: usize) -> usize {
         let mut total = 0;
-        for _ in 0..64 {
+        for _ in 0..rounds {
             match self.em.run_with_timeout(0).unwrap() {
                 0 => return total,
                 n => total += n,

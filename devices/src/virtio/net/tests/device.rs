@@ -4,7 +4,6 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_net::*;
-use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 
@@ -16,7 +15,7 @@ use crate::virtio::{
 
 #[test]
 fn tx_frame_reaches_the_backend_intact() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, &config(None));
     b.activate(b.all_features());
     b.run();
@@ -27,7 +26,7 @@ fn tx_frame_reaches_the_backend_intact() {
     b.run();
 
     assert_eq!(b.host_frames(), vec![f]);
-    assert_eq!(b.used(TX_INDEX), vec![(u32::from(head), 0)]);
+    assert_eq!(b.drv.used(TX_INDEX), vec![(u32::from(head), 0)]);
     assert_eq!(b.interrupts(), 1);
     let c = b.counters();
     assert_eq!((c.tx_frames, c.tx_bytes, c.tx_malformed), (1, 1000, 0));
@@ -35,7 +34,7 @@ fn tx_frame_reaches_the_backend_intact() {
 
 #[test]
 fn rx_frame_lands_in_guest_buffers_with_num_buffers() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, &config(None));
     b.activate(b.all_features());
     let bufs = b.add_rx_buffers(2, 2048);
@@ -45,10 +44,10 @@ fn rx_frame_lands_in_guest_buffers_with_num_buffers() {
     b.run();
 
     assert_eq!(
-        b.used(RX_INDEX),
+        b.drv.used(RX_INDEX),
         vec![(u32::from(bufs[0].0), f.len() as u32)]
     );
-    let got = b.read_guest(bufs[0].1, f.len());
+    let got = b.drv.read(bufs[0].1, f.len());
     let mut want = f.clone();
     want[10..12].copy_from_slice(&1u16.to_le_bytes());
     assert_eq!(got, want);
@@ -59,7 +58,7 @@ fn rx_frame_lands_in_guest_buffers_with_num_buffers() {
 
 #[test]
 fn rx_large_frame_spans_mergeable_buffers() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, &config(None));
     b.activate(b.all_features());
     let bufs = b.add_rx_buffers(8, 1024);
@@ -68,7 +67,7 @@ fn rx_large_frame_spans_mergeable_buffers() {
     b.inject(&f);
     b.run();
 
-    let used = b.used(RX_INDEX);
+    let used = b.drv.used(RX_INDEX);
     let heads: Vec<u32> = bufs[..3].iter().map(|&(h, _)| u32::from(h)).collect();
     assert_eq!(
         used,
@@ -76,7 +75,7 @@ fn rx_large_frame_spans_mergeable_buffers() {
     );
     let mut got = Vec::new();
     for (&(_, addr), &(_, len)) in bufs.iter().zip(&used) {
-        got.extend(b.read_guest(addr, len as usize));
+        got.extend(b.drv.read(addr, len as usize));
     }
     assert_eq!(u16::from_le_bytes([got[10], got[11]]), 3);
     assert_eq!(got[VNET_HDR_LEN..], f[VNET_HDR_LEN..]);
@@ -84,7 +83,7 @@ fn rx_large_frame_spans_mergeable_buffers() {
 
 #[test]
 fn rx_waits_for_buffers_without_losing_or_busy_polling() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, &config(None));
     b.activate(b.all_features());
     b.run();
@@ -94,7 +93,7 @@ fn rx_waits_for_buffers_without_losing_or_busy_polling() {
     }
     // No buffers: one frame is read and held, the backend is no longer polled.
     b.run();
-    assert!(b.used(RX_INDEX).is_empty());
+    assert!(b.drv.used(RX_INDEX).is_empty());
     b.inject(&frame(50, 4));
     assert_eq!(
         b.run(),
@@ -106,23 +105,23 @@ fn rx_waits_for_buffers_without_losing_or_busy_polling() {
     let first = b.add_rx_buffers(1, 2048);
     b.kick(RX_INDEX);
     b.run();
-    assert_eq!(b.used(RX_INDEX).len(), 1);
-    assert_eq!(b.read_guest(first[0].1, f1.len())[12..], f1[12..]);
+    assert_eq!(b.drv.used(RX_INDEX).len(), 1);
+    assert_eq!(b.drv.read(first[0].1, f1.len())[12..], f1[12..]);
 
     let more = b.add_rx_buffers(3, 2048);
     b.kick(RX_INDEX);
     b.run();
-    let used = b.used(RX_INDEX);
+    let used = b.drv.used(RX_INDEX);
     assert_eq!(used.len(), 4);
-    assert_eq!(b.read_guest(more[0].1, f2.len())[12..], f2[12..]);
-    assert_eq!(b.read_guest(more[1].1, f3.len())[12..], f3[12..]);
+    assert_eq!(b.drv.read(more[0].1, f2.len())[12..], f2[12..]);
+    assert_eq!(b.drv.read(more[1].1, f3.len())[12..], f3[12..]);
     let c = b.counters();
     assert_eq!((c.rx_frames, c.rx_dropped), (4, 0));
 }
 
 #[test]
 fn rx_without_mergeable_buffers_drops_frames_too_big_for_one_buffer() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, &config(None));
     b.activate(b.all_features() & !bit(VIRTIO_NET_F_MRG_RXBUF));
     let bufs = b.add_rx_buffers(2, 1536);
@@ -135,17 +134,17 @@ fn rx_without_mergeable_buffers_drops_frames_too_big_for_one_buffer() {
     assert_eq!(b.counters().rx_dropped, 1);
     // The small frame took the first buffer, with num_buffers = 1.
     assert_eq!(
-        b.used(RX_INDEX),
+        b.drv.used(RX_INDEX),
         vec![(u32::from(bufs[0].0), small.len() as u32)]
     );
-    let got = b.read_guest(bufs[0].1, small.len());
+    let got = b.drv.read(bufs[0].1, small.len());
     assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1);
     assert_eq!(got[12..], small[12..]);
 }
 
 #[test]
 fn rx_frame_bigger_than_every_buffer_together_is_dropped() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, &config(None));
     b.activate(b.all_features());
     // All 256 descriptors hold 16 bytes each: 4 KiB in total.
@@ -159,19 +158,19 @@ fn rx_frame_bigger_than_every_buffer_together_is_dropped() {
     assert_eq!((c.rx_dropped, c.rx_frames), (1, 1));
     // The buffers held for the dropped frame served the next one.
     assert_eq!(
-        b.used(RX_INDEX).iter().map(|u| u.1).collect::<Vec<_>>(),
+        b.drv.used(RX_INDEX).iter().map(|u| u.1).collect::<Vec<_>>(),
         [16, 16]
     );
 }
 
 #[test]
 fn rx_malformed_chains_are_returned_and_counted() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, &config(None));
     b.activate(b.all_features());
-    let ro = b.alloc(2048);
-    let bad_ro = b.add_chain(RX_INDEX, &[(ro, 2048, false)]);
-    let bad_addr = b.add_chain(RX_INDEX, &[(OUTSIDE, 2048, true)]);
+    let ro = b.drv.alloc(2048);
+    let bad_ro = b.drv.add_chain(RX_INDEX, &[(ro, 2048, false)]);
+    let bad_addr = b.drv.add_chain(RX_INDEX, &[(OUTSIDE, 2048, true)]);
     let good = b.add_rx_buffers(1, 2048);
     b.run();
     let f = frame(100, 1);
@@ -179,7 +178,7 @@ fn rx_malformed_chains_are_returned_and_counted() {
     b.run();
 
     assert_eq!(
-        b.used(RX_INDEX),
+        b.drv.used(RX_INDEX),
         vec![
             (u32::from(bad_ro), 0),
             (u32::from(bad_addr), 0),
@@ -192,18 +191,20 @@ fn rx_malformed_chains_are_returned_and_counted() {
 
 #[test]
 fn tx_malformed_chains_are_dropped_and_counted() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, &config(None));
     b.activate(b.all_features());
     b.run();
-    let w = b.alloc(100);
-    let big = b.alloc(40_000);
+    let w = b.drv.alloc(100);
+    let big = b.drv.alloc(40_000);
     let heads = [
-        b.add_chain(TX_INDEX, &[(w, 100, true)]),
-        b.add_chain(TX_INDEX, &[(w, 12, false), (w, 88, true)]),
-        b.add_chain(TX_INDEX, &[(OUTSIDE, 100, false)]),
-        b.add_chain(TX_INDEX, &[(w, VNET_HDR_LEN as u32, false)]),
-        b.add_chain(TX_INDEX, &[(big, 40_000, false), (big, 40_000, false)]),
+        b.drv.add_chain(TX_INDEX, &[(w, 100, true)]),
+        b.drv.add_chain(TX_INDEX, &[(w, 12, false), (w, 88, true)]),
+        b.drv.add_chain(TX_INDEX, &[(OUTSIDE, 100, false)]),
+        b.drv
+            .add_chain(TX_INDEX, &[(w, VNET_HDR_LEN as u32, false)]),
+        b.drv
+            .add_chain(TX_INDEX, &[(big, 40_000, false), (big, 40_000, false)]),
     ];
     let f = frame(60, 9);
     let good = b.add_tx_frame(&f, &[]);
@@ -213,33 +214,33 @@ fn tx_malformed_chains_are_dropped_and_counted() {
     assert_eq!(b.host_frames(), vec![f]);
     let mut want: Vec<(u32, u32)> = heads.iter().map(|&h| (u32::from(h), 0)).collect();
     want.push((u32::from(good), 0));
-    assert_eq!(b.used(TX_INDEX), want);
+    assert_eq!(b.drv.used(TX_INDEX), want);
     let c = b.counters();
     assert_eq!((c.tx_malformed, c.tx_frames), (5, 1));
 }
 
 #[test]
 fn tx_frames_the_backend_refuses_are_counted() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, &config(None));
     b.activate(b.all_features());
     b.calls.lock().unwrap().fail_writes = true;
     let head = b.add_tx_frame(&frame(60, 1), &[]);
     b.kick(TX_INDEX);
     b.run();
-    assert_eq!(b.used(TX_INDEX), vec![(u32::from(head), 0)]);
+    assert_eq!(b.drv.used(TX_INDEX), vec![(u32::from(head), 0)]);
     let c = b.counters();
     assert_eq!((c.tx_dropped, c.tx_frames), (1, 0));
 }
 
 #[test]
 fn event_idx_interrupts_only_when_the_driver_asks() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, &config(None));
     b.activate(b.all_features());
     b.run();
     // The driver wants an interrupt once used_idx passes 2.
-    b.set_used_event(TX_INDEX, 2);
+    b.drv.set_used_event(TX_INDEX, 2);
     for i in 0..2 {
         b.add_tx_frame(&frame(60, i), &[]);
         b.kick(TX_INDEX);
@@ -254,11 +255,11 @@ fn event_idx_interrupts_only_when_the_driver_asks() {
 
 #[test]
 fn without_event_idx_every_batch_interrupts() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, &config(None));
     b.activate(b.all_features() & !bit(VIRTIO_RING_F_EVENT_IDX));
     b.run();
-    b.set_used_event(TX_INDEX, 100);
+    b.drv.set_used_event(TX_INDEX, 100);
     for i in 0..2 {
         b.add_tx_frame(&frame(60, i), &[]);
         b.kick(TX_INDEX);
@@ -269,7 +270,7 @@ fn without_event_idx_every_batch_interrupts() {
 
 #[test]
 fn before_activation_kicks_are_drained_and_the_backend_is_not_polled() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, &config(None));
     b.add_tx_frame(&frame(60, 1), &[]);
     b.kick(TX_INDEX);
@@ -286,20 +287,20 @@ fn before_activation_kicks_are_drained_and_the_backend_is_not_polled() {
     b.run();
     assert_eq!(b.host_frames().len(), 1);
     assert_eq!(
-        b.used(RX_INDEX),
+        b.drv.used(RX_INDEX),
         vec![(u32::from(bufs[0].0), f.len() as u32)]
     );
 }
 
 #[test]
 fn reset_stops_polling_the_backend() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, &config(None));
     b.activate(b.all_features());
     b.run();
-    b.net.lock().unwrap().reset();
+    b.lp.lock().reset();
     b.run();
-    assert!(!b.net.lock().unwrap().is_activated());
+    assert!(!b.lp.lock().is_activated());
     b.inject(&frame(80, 1));
     assert_eq!(b.run(), 0, "backend polled after reset");
     assert_eq!(b.calls.lock().unwrap().offloads.last(), Some(&0));
@@ -307,7 +308,7 @@ fn reset_stops_polling_the_backend() {
 
 #[test]
 fn a_failing_backend_is_not_polled_in_a_loop() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, &config(None));
     b.activate(b.all_features());
     b.add_rx_buffers(1, 2048);
@@ -321,7 +322,7 @@ fn a_failing_backend_is_not_polled_in_a_loop() {
 
 #[test]
 fn features_and_offloads_follow_what_the_driver_accepts() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, &config(None));
     let avail = b.all_features();
     for f in [
@@ -423,11 +424,11 @@ fn bad_configs_are_refused_with_reasons() {
 
 #[test]
 fn activation_checks_the_queues() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let (mut net, _host, _calls) = fake_net(&config(None));
     let irq = Arc::new(Interrupt::new().unwrap());
-    let q = MockSplitQueue::create(&mem, GuestAddress(RXQ), QUEUE_SIZE);
-    let one = vec![q.create_queue::<Queue>().unwrap()];
+    let drv = Driver::new(&mem, 1, QUEUE_SIZE);
+    let one = drv.queues(1);
     match net.activate(mem.clone(), irq.clone(), one) {
         Err(ActivateError::QueueCount { got: 1, want: 2 }) => {}
         other => panic!("expected QueueCount, got {other:?}"),
@@ -435,7 +436,7 @@ fn activation_checks_the_queues() {
     let mut bad = Queue::new(QUEUE_SIZE).unwrap();
     bad.try_set_desc_table_address(GuestAddress(OUTSIDE))
         .unwrap();
-    let two = vec![q.create_queue::<Queue>().unwrap(), bad];
+    let two = vec![drv.queues(1).remove(0), bad];
     match net.activate(mem.clone(), irq, two) {
         Err(ActivateError::InvalidQueue(1)) => {}
         other => panic!("expected InvalidQueue(1), got {other:?}"),

@@ -9,22 +9,16 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use event_manager::{EventManager, SubscriberOps};
 use virtio_bindings::virtio_net::*;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
 use super::*;
+use crate::virtio::testing::{guest_mem, Driver, Loop};
 use crate::virtio::{Interrupt, VirtioDevice};
 
 const MEM_SIZE: usize = 0x100_0000;
-const RXQ: u64 = 0;
-const TXQ: u64 = 0x1_0000;
-const BUFS: u64 = 0x10_0000;
 const OUTSIDE: u64 = 0x1000_0000;
 
 fn bit(b: u32) -> u64 {
@@ -106,12 +100,8 @@ fn frame(len: usize, seed: u8) -> Vec<u8> {
 
 /// The driver, the device on an event loop, and the host end of the backend.
 struct Bench<'a> {
-    mem: &'a GuestMemoryMmap,
-    queues: [MockSplitQueue<'a, GuestMemoryMmap>; 2],
-    next_desc: [u16; 2],
-    next_buf: u64,
-    net: Arc<Mutex<Net>>,
-    em: EventManager<Arc<Mutex<Net>>>,
+    drv: Driver<'a>,
+    lp: Loop<Net>,
     /// The host end of the fake backend (None for a real TAP).
     host: Option<UnixDatagram>,
     calls: Arc<Mutex<Calls>>,
@@ -128,19 +118,9 @@ impl<'a> Bench<'a> {
     }
 
     fn with_net(mem: &'a GuestMemoryMmap, net: Net) -> Self {
-        let net = Arc::new(Mutex::new(net));
-        let mut em = EventManager::new().unwrap();
-        em.add_subscriber(net.clone());
         Bench {
-            mem,
-            queues: [
-                MockSplitQueue::create(mem, GuestAddress(RXQ), QUEUE_SIZE),
-                MockSplitQueue::create(mem, GuestAddress(TXQ), QUEUE_SIZE),
-            ],
-            next_desc: [0, 0],
-            next_buf: BUFS,
-            net,
-            em,
+            drv: Driver::new(mem, 2, QUEUE_SIZE),
+            lp: Loop::new(net),
             host: None,
             calls: Arc::default(),
             irq: Arc::new(Interrupt::new().unwrap()),
@@ -149,43 +129,26 @@ impl<'a> Bench<'a> {
 
     /// Negotiate `features` and set DRIVER_OK.
     fn activate(&mut self, features: u64) {
-        let queues: Vec<Queue> = self
-            .queues
-            .iter()
-            .map(|q| q.create_queue().unwrap())
-            .collect();
-        let mut net = self.net.lock().unwrap();
+        let mut net = self.lp.lock();
         net.ack_features(features);
-        net.activate(self.mem.clone(), self.irq.clone(), queues)
+        net.activate(self.drv.mem.clone(), self.irq.clone(), self.drv.queues(2))
             .unwrap();
     }
 
     fn all_features(&self) -> u64 {
-        self.net.lock().unwrap().avail_features()
+        self.lp.lock().avail_features()
     }
 
     /// Run the event loop until it is idle; returns how many events it saw.
     fn run(&mut self) -> usize {
-        let mut total = 0;
-        for _ in 0..64 {
-            match self.em.run_with_timeout(0).unwrap() {
-                0 => return total,
-                n => total += n,
-            }
-        }
-        panic!("the event loop never went idle (busy polling?)");
+        self.lp.run()
     }
 
-    /// Run the event loop until `done` or `ms` milliseconds pass.
-    fn run_until(&mut self, ms: u64, mut done: impl FnMut(&Self) -> bool) -> bool {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ms);
-        while std::time::Instant::now() < deadline {
-            self.em.run_with_timeout(10).unwrap();
-            if done(self) {
-                return true;
-            }
-        }
-        false
+    /// Run the event loop until `done` holds for the driver or `ms`
+    /// milliseconds pass.
+    fn run_until(&mut self, ms: u64, mut done: impl FnMut(&Driver) -> bool) -> bool {
+        let drv = &self.drv;
+        self.lp.run_until(Duration::from_millis(ms), |_| done(drv))
     }
 
     /// Send a frame as if the host (the TAP's other side) sent it.
@@ -193,96 +156,24 @@ impl<'a> Bench<'a> {
         self.host.as_ref().unwrap().send(frame).unwrap();
     }
 
-    fn alloc(&mut self, len: u32) -> u64 {
-        let addr = self.next_buf;
-        self.next_buf += u64::from(len.max(1)).next_multiple_of(64);
-        assert!(self.next_buf < MEM_SIZE as u64);
-        addr
-    }
-
-    /// Publish a chain of (addr, len, device-writable) descriptors.
-    fn add_chain(&mut self, q: usize, descs: &[(u64, u32, bool)]) -> u16 {
-        let n = descs.len() as u16;
-        if self.next_desc[q] + n > QUEUE_SIZE {
-            self.next_desc[q] = 0;
-        }
-        let first = self.next_desc[q];
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, writable))| {
-                let mut flags = if writable {
-                    VRING_DESC_F_WRITE as u16
-                } else {
-                    0
-                };
-                if i + 1 < descs.len() {
-                    flags |= VRING_DESC_F_NEXT as u16;
-                }
-                SplitDescriptor::new(addr, len, flags, first + i as u16 + 1).into()
-            })
-            .collect();
-        self.queues[q].add_desc_chains(&raw, first).unwrap();
-        self.next_desc[q] += n;
-        first
-    }
-
     /// Post `n` single-descriptor RX buffers of `len` bytes; returns
     /// (head, addr) of each.
     fn add_rx_buffers(&mut self, n: usize, len: u32) -> Vec<(u16, u64)> {
         (0..n)
             .map(|_| {
-                let addr = self.alloc(len);
-                (self.add_chain(0, &[(addr, len, true)]), addr)
+                let addr = self.drv.alloc(len);
+                (self.drv.add_chain(RX_INDEX, &[(addr, len, true)]), addr)
             })
             .collect()
     }
 
     /// Put `bytes` into guest memory as a TX chain cut at `cuts`.
     fn add_tx_frame(&mut self, bytes: &[u8], cuts: &[usize]) -> u16 {
-        let mut descs = Vec::new();
-        let mut start = 0;
-        for end in cuts.iter().copied().chain([bytes.len()]) {
-            let addr = self.alloc((end - start) as u32);
-            self.mem
-                .write_slice(&bytes[start..end], GuestAddress(addr))
-                .unwrap();
-            descs.push((addr, (end - start) as u32, false));
-            start = end;
-        }
-        self.add_chain(1, &descs)
+        self.drv.add_bytes(TX_INDEX, bytes, cuts)
     }
 
     fn kick(&self, q: usize) {
-        self.net.lock().unwrap().queue_events()[q].write(1).unwrap();
-    }
-
-    /// The used ring of queue `q`: (head, len) per entry.
-    fn used(&self, q: usize) -> Vec<(u32, u32)> {
-        let base = self.queues[q].used_addr();
-        let idx: u16 = self.mem.read_obj(base.unchecked_add(2)).unwrap();
-        (0..u64::from(idx))
-            .map(|i| {
-                let at = base.unchecked_add(4 + 8 * i);
-                let id: u32 = self.mem.read_obj(at).unwrap();
-                let len: u32 = self.mem.read_obj(at.unchecked_add(4)).unwrap();
-                (id, len)
-            })
-            .collect()
-    }
-
-    /// Set the driver's used_event (EVENT_IDX) for queue `q`.
-    fn set_used_event(&self, q: usize, v: u16) {
-        let at = self.queues[q]
-            .avail_addr()
-            .unchecked_add(4 + 2 * u64::from(QUEUE_SIZE));
-        self.mem.write_obj(v, at).unwrap();
-    }
-
-    fn read_guest(&self, addr: u64, len: usize) -> Vec<u8> {
-        let mut v = vec![0; len];
-        self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
-        v
+        self.lp.lock().queue_events()[q].write(1).unwrap();
     }
 
     /// Frames the device wrote to the backend since the last call.
@@ -300,10 +191,6 @@ impl<'a> Bench<'a> {
     }
 
     fn counters(&self) -> NetCounters {
-        self.net.lock().unwrap().counters()
+        self.lp.lock().counters()
     }
-}
-
-fn guest_mem() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
 }

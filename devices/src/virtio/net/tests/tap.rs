@@ -80,7 +80,7 @@ fn frames_cross_a_real_tap_both_ways() {
     if let Err(why) = link_up(&name) {
         panic!("cannot bring TAP {name} up: {why}");
     }
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::with_net(&mem, net);
     b.activate(b.all_features());
     let bufs = b.add_rx_buffers(16, 2048);
@@ -104,10 +104,10 @@ fn frames_cross_a_real_tap_both_ways() {
     rx.extend(ETHERTYPE);
     rx.extend((0..100u8).map(|i| i ^ 0x5a));
     send_on_link(&name, &rx).unwrap();
-    let arrived = |b: &Bench| {
-        b.used(RX_INDEX).iter().any(|&(head, len)| {
+    let arrived = |drv: &Driver| {
+        drv.used(RX_INDEX).iter().any(|&(head, len)| {
             let addr = bufs.iter().find(|&&(h, _)| u32::from(h) == head).unwrap().1;
-            let got = b.read_guest(addr, len as usize);
+            let got = drv.read(addr, len as usize);
             got.len() == VNET_HDR_LEN + rx.len()
                 && got[VNET_HDR_LEN..] == rx[..]
                 && got[10..12] == 1u16.to_le_bytes()

@@ -24,7 +24,7 @@ fn credit(op: u16, port: u32, buf_alloc: u32, fwd_cnt: u32) -> Header {
 
 #[test]
 fn the_device_never_sends_more_than_the_guest_has_room_for() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 16);
     let l = b.listen(6100);
     let mut host = connect_with_buf(&mut b, &l, 6100, 10);
@@ -55,7 +55,7 @@ fn the_device_never_sends_more_than_the_guest_has_room_for() {
 
 #[test]
 fn data_waits_for_guest_buffers_and_uses_their_size() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 0);
     let l = b.listen(6101);
     b.post_rx(1, 4096);
@@ -76,7 +76,7 @@ fn data_waits_for_guest_buffers_and_uses_their_size() {
 
 #[test]
 fn credit_request_is_answered_with_credit_update() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 8);
     let l = b.listen(6102);
     let _host = connect_with_buf(&mut b, &l, 6102, GUEST_BUF);
@@ -91,7 +91,7 @@ fn credit_request_is_answered_with_credit_update() {
 
 #[test]
 fn forwarding_a_lot_tells_the_guest_unasked() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 8);
     let l = b.listen(6103);
     let mut host = connect_with_buf(&mut b, &l, 6103, GUEST_BUF);
@@ -104,7 +104,7 @@ fn forwarding_a_lot_tells_the_guest_unasked() {
 
 #[test]
 fn a_slow_host_gets_everything_in_order_and_credit_follows() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 32);
     let l = b.listen(6104);
     let mut host = connect_with_buf(&mut b, &l, 6104, GUEST_BUF);
@@ -140,7 +140,7 @@ fn a_slow_host_gets_everything_in_order_and_credit_follows() {
 
 #[test]
 fn data_beyond_the_devices_buffer_resets_the_connection() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 8);
     let l = b.listen(6105);
     let _host = connect_with_buf(&mut b, &l, 6105, GUEST_BUF);
@@ -162,7 +162,7 @@ fn data_beyond_the_devices_buffer_resets_the_connection() {
 
 #[test]
 fn host_closing_mid_stream_sends_shutdown_then_rst_ends_it() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 8);
     let l = b.listen(6106);
     let mut host = connect_with_buf(&mut b, &l, 6106, GUEST_BUF);
@@ -189,7 +189,7 @@ fn host_closing_mid_stream_sends_shutdown_then_rst_ends_it() {
 
 #[test]
 fn guest_writing_to_a_closed_host_is_reset() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 8);
     let l = b.listen(6107);
     let host = connect_with_buf(&mut b, &l, 6107, GUEST_BUF);
@@ -203,7 +203,7 @@ fn guest_writing_to_a_closed_host_is_reset() {
 
 #[test]
 fn guest_shutdown_send_gives_the_host_eof_and_the_host_may_still_talk() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 8);
     let l = b.listen(6108);
     let mut host = connect_with_buf(&mut b, &l, 6108, GUEST_BUF);
@@ -230,7 +230,7 @@ fn guest_shutdown_send_gives_the_host_eof_and_the_host_may_still_talk() {
 
 #[test]
 fn guest_shutdown_rcv_stops_reading_the_host() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 8);
     let l = b.listen(6109);
     let mut host = connect_with_buf(&mut b, &l, 6109, GUEST_BUF);

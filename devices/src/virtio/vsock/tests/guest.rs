@@ -6,7 +6,7 @@ use super::*;
 
 #[test]
 fn request_to_a_listening_socket_gets_response_and_relays_both_ways() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 8);
     let l = b.listen(5000);
     b.send(hdr(OP_REQUEST, 1234, 5000), &[]);
@@ -35,7 +35,7 @@ fn request_to_a_listening_socket_gets_response_and_relays_both_ways() {
     let mut got = [0u8; 10];
     host.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"hello host");
-    assert_eq!(b.used(TX_INDEX).len(), 2);
+    assert_eq!(b.drv.used(TX_INDEX).len(), 2);
 
     // Host to guest: the header carries how much the device forwarded.
     host.write_all(b"hello guest").unwrap();
@@ -56,7 +56,7 @@ fn request_to_a_listening_socket_gets_response_and_relays_both_ways() {
 
 #[test]
 fn request_to_a_port_nobody_listens_on_is_reset() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 4);
     b.send(hdr(OP_REQUEST, 1234, 5001), &[]);
     let (h, _) = b.recv_one();
@@ -70,7 +70,7 @@ fn request_to_a_port_nobody_listens_on_is_reset() {
 
 #[test]
 fn wrong_destination_or_source_cid_is_reset_and_counted() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 8);
     let l = b.listen(6000);
 
@@ -104,7 +104,7 @@ fn wrong_destination_or_source_cid_is_reset_and_counted() {
 
 #[test]
 fn packets_for_unknown_connections_are_reset() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 8);
     for op in [
         OP_RW,
@@ -124,7 +124,7 @@ fn packets_for_unknown_connections_are_reset() {
 
 #[test]
 fn concurrent_connections_keep_their_bytes_apart() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 32);
     let l1 = b.listen(7001);
     let l2 = b.listen(7002);
@@ -161,7 +161,7 @@ fn concurrent_connections_keep_their_bytes_apart() {
 
 #[test]
 fn guest_rst_closes_the_host_stream() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 8);
     let l = b.listen(5002);
     let mut host = b.guest_connect(&l, 1, 5002);
@@ -173,7 +173,7 @@ fn guest_rst_closes_the_host_stream() {
 
 #[test]
 fn a_second_request_on_an_open_connection_resets_it() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 8);
     let l = b.listen(5003);
     let mut host = b.guest_connect(&l, 1, 5003);
@@ -186,9 +186,9 @@ fn a_second_request_on_an_open_connection_resets_it() {
 
 #[test]
 fn connections_beyond_the_limit_are_refused() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 16);
-    b.dev.lock().unwrap().set_max_connections(2);
+    b.lp.lock().set_max_connections(2);
     let l = b.listen(5005);
     let _g = b.guest_connect(&l, 1, 5005);
     let (_h, _) = b.host_connect(60);

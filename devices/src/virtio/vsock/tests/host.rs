@@ -6,7 +6,7 @@ use super::*;
 
 #[test]
 fn connect_asks_the_guest_and_ok_follows_its_response() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 8);
     let (mut host, req) = b.host_connect(52);
     assert_eq!(
@@ -48,7 +48,7 @@ fn connect_asks_the_guest_and_ok_follows_its_response() {
 
 #[test]
 fn each_host_connection_gets_a_fresh_port() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 8);
     let (_h1, r1) = b.host_connect(52);
     let (_h2, r2) = b.host_connect(52);
@@ -59,7 +59,7 @@ fn each_host_connection_gets_a_fresh_port() {
 
 #[test]
 fn guest_rst_instead_of_response_closes_the_host_stream_without_ok() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 8);
     let (mut host, req) = b.host_connect(53);
     b.send(hdr(OP_RST, 53, req.src_port), &[]);
@@ -72,7 +72,7 @@ fn guest_rst_instead_of_response_closes_the_host_stream_without_ok() {
 
 #[test]
 fn bad_connect_lines_close_the_stream() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 8);
     let bad: [&[u8]; 4] = [
         b"CONNECT abc\n",
@@ -106,7 +106,7 @@ fn bad_connect_lines_close_the_stream() {
 
 #[test]
 fn a_line_in_pieces_still_connects() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 8);
     let mut s = UnixStream::connect(&b.uds).unwrap();
     s.write_all(b"CONNE").unwrap();
@@ -120,7 +120,7 @@ fn a_line_in_pieces_still_connects() {
 
 #[test]
 fn reset_closes_connections_and_keeps_listening() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 8);
     let (mut host, req) = b.host_connect(54);
     b.send(hdr(OP_RESPONSE, 54, req.src_port), &[]);
@@ -128,7 +128,7 @@ fn reset_closes_connections_and_keeps_listening() {
     let l = b.listen(5004);
     let mut g = b.guest_connect(&l, 9, 5004);
 
-    b.dev.lock().unwrap().reset();
+    b.lp.lock().reset();
     assert_eq!(b.connections(), 0);
     assert_eq!(host_read_now(&mut host), None);
     assert_eq!(host_read_now(&mut g), None);

@@ -8,7 +8,7 @@ use crate::virtio::{TYPE_VSOCK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 
 #[test]
 fn header_and_payload_may_be_cut_anywhere() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 8);
     let l = b.listen(7100);
     let mut req = hdr(OP_REQUEST, 3, 7100).to_bytes().to_vec();
@@ -31,21 +31,23 @@ fn header_and_payload_may_be_cut_anywhere() {
 
 #[test]
 fn rx_packets_may_span_buffers() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 0);
     // One RX chain of three buffers, the header cut in two.
-    let segs = [(b.alloc(10), 10u32), (b.alloc(40), 40), (b.alloc(100), 100)];
+    let segs = [
+        (b.drv.alloc(10), 10u32),
+        (b.drv.alloc(40), 40),
+        (b.drv.alloc(100), 100),
+    ];
     let descs: Vec<(u64, u32, bool)> = segs.iter().map(|&(a, l)| (a, l, true)).collect();
-    b.add_chain(RX_INDEX, &descs);
+    b.drv.add_chain(RX_INDEX, &descs);
     b.kick(RX_INDEX);
     b.send(hdr(OP_REQUEST, 3, 7101), &[]);
-    let used = b.used(RX_INDEX);
+    let used = b.drv.used(RX_INDEX);
     assert_eq!(used, vec![(0, 44)]);
     let mut raw = Vec::new();
     for (addr, len) in segs {
-        let mut part = vec![0u8; len as usize];
-        mem.read_slice(&mut part, GuestAddress(addr)).unwrap();
-        raw.extend(part);
+        raw.extend(b.drv.read(addr, len as usize));
     }
     let h = Header::from_bytes(raw[..HDR_LEN].try_into().unwrap());
     assert_eq!((h.op, h.src_port, h.dst_port), (OP_RST, 7101, 3));
@@ -53,7 +55,7 @@ fn rx_packets_may_span_buffers() {
 
 #[test]
 fn malformed_tx_chains_are_counted_and_consumed() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 8);
     let good = hdr(OP_REQUEST, 3, 7102).to_bytes();
 
@@ -75,23 +77,24 @@ fn malformed_tx_chains_are_counted_and_consumed() {
     dgram.type_ = 3;
     b.send_raw(&dgram.to_bytes(), &[]);
     // A device-writable descriptor.
-    let addr = b.alloc(44);
-    mem.write_slice(&good, GuestAddress(addr)).unwrap();
-    b.add_chain(TX_INDEX, &[(addr, 44, true)]);
+    let addr = b.drv.alloc(44);
+    b.drv.write(addr, &good);
+    b.drv.add_chain(TX_INDEX, &[(addr, 44, true)]);
     // A buffer outside guest memory.
-    b.add_chain(TX_INDEX, &[(OUTSIDE, 44, false)]);
+    b.drv.add_chain(TX_INDEX, &[(OUTSIDE, 44, false)]);
     // Header fine, payload outside memory.
-    let addr = b.alloc(44);
+    let addr = b.drv.alloc(44);
     h.len = 8;
-    mem.write_slice(&h.to_bytes(), GuestAddress(addr)).unwrap();
-    b.add_chain(TX_INDEX, &[(addr, 44, false), (OUTSIDE, 8, false)]);
+    b.drv.write(addr, &h.to_bytes());
+    b.drv
+        .add_chain(TX_INDEX, &[(addr, 44, false), (OUTSIDE, 8, false)]);
     b.kick(TX_INDEX);
     b.run();
 
     let c = b.counters();
     assert_eq!((c.tx_malformed, c.tx_packets), (7, 0));
     // Every chain went back to the guest, with nothing written.
-    let used = b.used(TX_INDEX);
+    let used = b.drv.used(TX_INDEX);
     assert_eq!(used.len(), 7);
     assert!(used.iter().all(|&(_, len)| len == 0));
     assert!(b.recv().is_empty(), "a malformed chain was answered");
@@ -105,27 +108,26 @@ fn malformed_tx_chains_are_counted_and_consumed() {
 
 #[test]
 fn malformed_rx_chains_are_returned_and_counted() {
-    let mem = guest_mem();
+    let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, 0);
-    let ro = b.alloc(4096);
-    b.add_chain(RX_INDEX, &[(ro, 4096, false)]);
-    let tiny = b.alloc(44);
-    b.add_chain(RX_INDEX, &[(tiny, 44, true)]);
-    b.add_chain(RX_INDEX, &[(OUTSIDE, 4096, true)]);
-    let good = b.alloc(4096);
-    let good_head = b.add_chain(RX_INDEX, &[(good, 4096, true)]);
+    let ro = b.drv.alloc(4096);
+    b.drv.add_chain(RX_INDEX, &[(ro, 4096, false)]);
+    let tiny = b.drv.alloc(44);
+    b.drv.add_chain(RX_INDEX, &[(tiny, 44, true)]);
+    b.drv.add_chain(RX_INDEX, &[(OUTSIDE, 4096, true)]);
+    let good = b.drv.alloc(4096);
+    let good_head = b.drv.add_chain(RX_INDEX, &[(good, 4096, true)]);
     b.kick(RX_INDEX);
     b.send(hdr(OP_RW, 3, 7103), b"nobody");
 
     assert_eq!(b.counters().rx_malformed, 3);
-    let used = b.used(RX_INDEX);
+    let used = b.drv.used(RX_INDEX);
     assert_eq!(
         used,
         vec![(0, 0), (1, 0), (2, 0), (u32::from(good_head), 44)]
     );
-    let mut raw = [0u8; HDR_LEN];
-    mem.read_slice(&mut raw, GuestAddress(good)).unwrap();
-    assert_eq!(Header::from_bytes(&raw).op, OP_RST);
+    let raw = b.drv.read(good, HDR_LEN);
+    assert_eq!(Header::from_bytes(raw[..].try_into().unwrap()).op, OP_RST);
 }
 
 #[test]

@@ -12,23 +12,17 @@ use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use event_manager::{EventManager, SubscriberOps};
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
 use super::packet::Header;
 use super::*;
+use crate::virtio::testing::{guest_mem, Driver, Loop};
 use crate::virtio::{Interrupt, VirtioDevice};
 
 const MEM_SIZE: usize = 0x100_0000;
-const QUEUE_BASES: [u64; 3] = [0, 0x1_0000, 0x2_0000];
-const BUFS: u64 = 0x10_0000;
 const OUTSIDE: u64 = 0x1000_0000;
 
 pub(super) const GUEST_CID: u64 = 3;
@@ -61,10 +55,6 @@ impl Drop for TempDir {
     }
 }
 
-pub(super) fn guest_mem() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
-}
-
 /// A packet header from the guest (CID 3) to the host (CID 2).
 pub(super) fn hdr(op: u16, src_port: u32, dst_port: u32) -> Header {
     Header {
@@ -83,12 +73,8 @@ pub(super) fn hdr(op: u16, src_port: u32, dst_port: u32) -> Header {
 
 /// The guest driver, the device on an event loop, and the socket directory.
 pub(super) struct Bench<'a> {
-    pub(super) mem: &'a GuestMemoryMmap,
-    queues: [MockSplitQueue<'a, GuestMemoryMmap>; 3],
-    next_desc: [u16; 3],
-    next_buf: u64,
-    pub(super) dev: Arc<Mutex<Vsock>>,
-    em: EventManager<Arc<Mutex<Vsock>>>,
+    pub(super) drv: Driver<'a>,
+    pub(super) lp: Loop<Vsock>,
     pub(super) irq: Arc<Interrupt>,
     /// Guest address of each posted RX chain's buffer, by head.
     rx_bufs: HashMap<u16, u64>,
@@ -108,17 +94,9 @@ impl<'a> Bench<'a> {
             guest_cid: GUEST_CID,
             uds_path: uds.clone(),
         };
-        let dev = Arc::new(Mutex::new(Vsock::new(&cfg).unwrap()));
-        let mut em = EventManager::new().unwrap();
-        em.add_subscriber(dev.clone());
         let mut b = Bench {
-            mem,
-            queues: QUEUE_BASES
-                .map(|base| MockSplitQueue::create(mem, GuestAddress(base), QUEUE_SIZE)),
-            next_desc: [0; 3],
-            next_buf: BUFS,
-            dev,
-            em,
+            drv: Driver::new(mem, 3, QUEUE_SIZE),
+            lp: Loop::new(Vsock::new(&cfg).unwrap()),
             irq: Arc::new(Interrupt::new().unwrap()),
             rx_bufs: HashMap::new(),
             rx_seen: 0,
@@ -133,26 +111,16 @@ impl<'a> Bench<'a> {
 
     /// Negotiate every feature and set DRIVER_OK.
     pub(super) fn activate(&mut self) {
-        let queues: Vec<Queue> = self
-            .queues
-            .iter()
-            .map(|q| q.create_queue().unwrap())
-            .collect();
-        let mut dev = self.dev.lock().unwrap();
+        let mut dev = self.lp.lock();
         let features = dev.avail_features();
         dev.ack_features(features);
-        dev.activate(self.mem.clone(), self.irq.clone(), queues)
+        dev.activate(self.drv.mem.clone(), self.irq.clone(), self.drv.queues(3))
             .unwrap();
     }
 
     /// A new driver after a reset: fresh (zeroed) rings, then DRIVER_OK.
     pub(super) fn reactivate(&mut self) {
-        for base in QUEUE_BASES {
-            self.mem
-                .write_slice(&[0u8; 0x1_0000], GuestAddress(base))
-                .unwrap();
-        }
-        self.next_desc = [0; 3];
+        self.drv.clear_rings();
         self.rx_bufs.clear();
         self.rx_seen = 0;
         self.activate();
@@ -160,68 +128,18 @@ impl<'a> Bench<'a> {
 
     /// Run the event loop until it is idle; returns how many events it saw.
     pub(super) fn run(&mut self) -> usize {
-        let mut total = 0;
-        for _ in 0..256 {
-            match self.em.run_with_timeout(0).unwrap() {
-                0 => return total,
-                n => total += n,
-            }
-        }
-        panic!("the event loop never went idle (busy polling?)");
-    }
-
-    pub(super) fn alloc(&mut self, len: u32) -> u64 {
-        let addr = self.next_buf;
-        self.next_buf += u64::from(len.max(1)).next_multiple_of(64);
-        assert!(
-            self.next_buf < MEM_SIZE as u64,
-            "test ran out of guest memory"
-        );
-        addr
-    }
-
-    /// Publish a chain of (addr, len, device-writable) descriptors on
-    /// queue `q`; returns its head.
-    pub(super) fn add_chain(&mut self, q: usize, descs: &[(u64, u32, bool)]) -> u16 {
-        let n = descs.len() as u16;
-        if self.next_desc[q] + n > QUEUE_SIZE {
-            self.next_desc[q] = 0;
-        }
-        let first = self.next_desc[q];
-        for (i, &(addr, len, writable)) in descs.iter().enumerate() {
-            let mut flags = if writable {
-                VRING_DESC_F_WRITE as u16
-            } else {
-                0
-            };
-            if i + 1 < descs.len() {
-                flags |= VRING_DESC_F_NEXT as u16;
-            }
-            let idx = first + i as u16;
-            let raw: RawDescriptor = SplitDescriptor::new(addr, len, flags, idx + 1).into();
-            self.queues[q].desc_table().store(idx, raw).unwrap();
-        }
-        self.next_desc[q] += n;
-        // The avail ring by hand: the mock's own helper does not wrap.
-        let avail = self.queues[q].avail_addr();
-        let idx: u16 = self.mem.read_obj(avail.unchecked_add(2)).unwrap();
-        let slot = avail.unchecked_add(4 + 2 * u64::from(idx % QUEUE_SIZE));
-        self.mem.write_obj(first, slot).unwrap();
-        self.mem
-            .write_obj(idx.wrapping_add(1), avail.unchecked_add(2))
-            .unwrap();
-        first
+        self.lp.run_up_to(256)
     }
 
     pub(super) fn kick(&self, q: usize) {
-        self.dev.lock().unwrap().queue_events()[q].write(1).unwrap();
+        self.lp.lock().queue_events()[q].write(1).unwrap();
     }
 
     /// Post `n` single-descriptor RX buffers of `len` bytes and kick.
     pub(super) fn post_rx(&mut self, n: usize, len: u32) {
         for _ in 0..n {
-            let addr = self.alloc(len);
-            let head = self.add_chain(RX_INDEX, &[(addr, len, true)]);
+            let addr = self.drv.alloc(len);
+            let head = self.drv.add_chain(RX_INDEX, &[(addr, len, true)]);
             self.rx_bufs.insert(head, addr);
         }
         self.kick(RX_INDEX);
@@ -229,17 +147,7 @@ impl<'a> Bench<'a> {
 
     /// Put `bytes` in guest memory as a TX chain cut at `cuts`, kick, run.
     pub(super) fn send_raw(&mut self, bytes: &[u8], cuts: &[usize]) -> u16 {
-        let mut descs = Vec::new();
-        let mut start = 0;
-        for end in cuts.iter().copied().chain([bytes.len()]) {
-            let addr = self.alloc((end - start) as u32);
-            self.mem
-                .write_slice(&bytes[start..end], GuestAddress(addr))
-                .unwrap();
-            descs.push((addr, (end - start) as u32, false));
-            start = end;
-        }
-        let head = self.add_chain(TX_INDEX, &descs);
+        let head = self.drv.add_bytes(TX_INDEX, bytes, cuts);
         self.kick(TX_INDEX);
         self.run();
         head
@@ -253,30 +161,15 @@ impl<'a> Bench<'a> {
         self.send_raw(&bytes, &[]);
     }
 
-    /// The used ring of queue `q`: (head, len) per entry.
-    pub(super) fn used(&self, q: usize) -> Vec<(u32, u32)> {
-        let base = self.queues[q].used_addr();
-        let idx: u16 = self.mem.read_obj(base.unchecked_add(2)).unwrap();
-        (0..u64::from(idx))
-            .map(|i| {
-                let at = base.unchecked_add(4 + 8 * (i % u64::from(QUEUE_SIZE)));
-                let id: u32 = self.mem.read_obj(at).unwrap();
-                let len: u32 = self.mem.read_obj(at.unchecked_add(4)).unwrap();
-                (id, len)
-            })
-            .collect()
-    }
-
     /// Packets the device put in RX buffers since the last call.
     pub(super) fn recv(&mut self) -> Vec<(Header, Vec<u8>)> {
-        let used = self.used(RX_INDEX);
+        let used = self.drv.used(RX_INDEX);
         let new = used[usize::from(self.rx_seen)..].to_vec();
         self.rx_seen = used.len() as u16;
         new.into_iter()
             .map(|(head, len)| {
                 let addr = self.rx_bufs[&(head as u16)];
-                let mut raw = vec![0u8; len as usize];
-                self.mem.read_slice(&mut raw, GuestAddress(addr)).unwrap();
+                let raw = self.drv.read(addr, len as usize);
                 assert!(raw.len() >= HDR_LEN, "RX packet of {} bytes", raw.len());
                 let h = Header::from_bytes(raw[..HDR_LEN].try_into().unwrap());
                 assert_eq!(
@@ -297,11 +190,11 @@ impl<'a> Bench<'a> {
     }
 
     pub(super) fn counters(&self) -> VsockCounters {
-        self.dev.lock().unwrap().counters()
+        self.lp.lock().counters()
     }
 
     pub(super) fn connections(&self) -> usize {
-        self.dev.lock().unwrap().connection_count()
+        self.lp.lock().connection_count()
     }
 
     /// A host process listening for guest connections to `port`.
