@@ -17,6 +17,7 @@ pub mod layout;
 pub mod logger;
 pub mod memory;
 pub mod metrics;
+pub mod seccomp;
 pub mod teardown;
 pub mod terminal;
 pub mod timer;

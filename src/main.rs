@@ -11,6 +11,7 @@ use flint::api::{self, Response};
 use flint::builder::VmResources;
 use flint::config::{self, Overrides};
 use flint::control::{self, Outcome};
+use flint::seccomp::{self, Filters, ThreadKind};
 use flint::timer::{self, Phase};
 use flint::vmm::{self, RunOptions, Vmm};
 use flint::vstate::vcpu::StopReason;
@@ -38,6 +39,7 @@ EXIT STATUS:
   2  bad command-line usage
   3  the guest crashed (triple fault, or an exit flint cannot handle)
   4  the guest did not stop in time after a signal and was stopped
+  148  a flint thread made a system call its seccomp filter forbids
 
 Flags override the config file; --drive and --net add to its lists."
 )]
@@ -131,13 +133,14 @@ struct Cli {
     /// to this file or FIFO.
     #[arg(long, value_name = "PATH")]
     metrics_path: Option<PathBuf>,
-    /// Accepted for Firecracker compatibility; flint installs no seccomp
-    /// filter yet.
-    #[arg(long)]
+    /// Install no seccomp filters (by default every flint thread runs
+    /// under flint's built-in allow-list for its kind).
+    #[arg(long, conflicts_with = "seccomp_filter")]
     no_seccomp: bool,
-    /// Accepted for Firecracker compatibility; flint installs no seccomp
-    /// filter yet.
-    #[arg(long, value_name = "PATH")]
+    /// Use the seccomp filters in FILE, compiled by flint-seccompiler (or
+    /// Firecracker's seccompiler-bin) with filters named main, vcpu and api,
+    /// instead of the built-in ones.
+    #[arg(long, value_name = "FILE")]
     seccomp_filter: Option<PathBuf>,
 }
 
@@ -195,11 +198,21 @@ fn load_resources(cli: &Cli) -> Result<VmResources, config::Error> {
     Ok(resources)
 }
 
-fn run_options(cli: &Cli) -> RunOptions {
+/// The seccomp filters the flags ask for.
+fn seccomp_filters(cli: &Cli) -> Result<Filters, seccomp::Error> {
+    match (&cli.seccomp_filter, cli.no_seccomp) {
+        (_, true) => Ok(Filters::none()),
+        (Some(path), false) => Filters::from_file(path),
+        (None, false) => Filters::builtin(),
+    }
+}
+
+fn run_options(cli: &Cli, seccomp: &Filters) -> RunOptions {
     RunOptions {
         boot_timer: cli.boot_timer,
         shutdown_timeout: Duration::from_secs(cli.shutdown_timeout),
         host_profile: !cli.no_host_profile,
+        seccomp: seccomp.clone(),
     }
 }
 
@@ -279,8 +292,8 @@ fn start_vm(st: &mut ApiState, opts: &RunOptions, over_api: bool) -> Result<Vmm,
 
 /// flint with the API: serve until InstanceStart (or boot from the config
 /// file at once), then run the VM with the API still up.
-fn run_api(cli: &Cli, sock: &Path, mut st: ApiState) -> u8 {
-    let opts = run_options(cli);
+fn run_api(cli: &Cli, sock: &Path, mut st: ApiState, filters: &Filters) -> u8 {
+    let opts = run_options(cli, filters);
     // Before any thread starts, so the API threads leave the shutdown
     // signals to the signalfd.
     if let Err(e) = control::block_signals() {
@@ -294,7 +307,7 @@ fn run_api(cli: &Cli, sock: &Path, mut st: ApiState) -> u8 {
             return EXIT_ERROR;
         }
     };
-    let chan = match api::server::start(sock) {
+    let chan = match api::server::start(sock, filters.get(ThreadKind::Api)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("flint: {e}");
@@ -360,17 +373,21 @@ fn run(cli: &Cli) -> u8 {
             return EXIT_ERROR;
         }
     };
+    let filters = match seccomp_filters(cli) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("flint: {e}");
+            return EXIT_ERROR;
+        }
+    };
     timer::mark(Phase::ConfigParsed);
-    if cli.no_seccomp || cli.seccomp_filter.is_some() {
-        log::info!("seccomp flags accepted; flint installs no seccomp filter yet");
-    }
     let mut st = ApiState::new(resources, cli.id.clone());
     if let Err(e) = apply_log_and_metrics_flags(cli, &mut st) {
         eprintln!("flint: {e}");
         return EXIT_ERROR;
     }
     if let (Some(sock), false) = (&cli.api_sock, cli.no_api) {
-        return run_api(cli, sock, st);
+        return run_api(cli, sock, st, &filters);
     }
     let cfg = match st.resources.build() {
         Ok(c) => c,
@@ -379,7 +396,7 @@ fn run(cli: &Cli) -> u8 {
             return EXIT_ERROR;
         }
     };
-    let opts = run_options(cli);
+    let opts = run_options(cli, &filters);
     flint::terminal::enter_raw_mode();
     let result = Vmm::build(&cfg, &opts).and_then(|mut vmm| {
         vmm.set_metrics(st.metrics.take());

@@ -67,6 +67,8 @@ pub enum Error {
     Balloon(#[from] devices::virtio::balloon::Error),
     #[error(transparent)]
     Config(#[from] crate::config::Error),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::Error),
 }
 
 /// Options that are about the run, not the VM.
@@ -77,6 +79,9 @@ pub struct RunOptions {
     pub shutdown_timeout: Duration,
     /// Add the kernel parameters a PVM host needs (when on one).
     pub host_profile: bool,
+    /// The seccomp filters of the vCPU threads (and the others, which
+    /// main.rs installs).
+    pub seccomp: crate::seccomp::Filters,
 }
 
 /// Host RAM in MiB, from sysinfo.
@@ -170,6 +175,11 @@ pub struct Vmm {
     state: VmState,
     metrics: Option<MetricsSink>,
     mem_mib: u64,
+    /// Each vCPU thread installs it before its first KVM_RUN.
+    vcpu_filter: Option<Arc<seccompiler::BpfProgram>>,
+    /// This (the main) thread installs it when the event loop starts,
+    /// after the vCPU threads (which install their own).
+    main_filter: Option<Arc<seccompiler::BpfProgram>>,
 }
 
 impl Vmm {
@@ -283,6 +293,8 @@ impl Vmm {
             state: VmState::Built,
             metrics: None,
             mem_mib: cfg.mem_mib,
+            vcpu_filter: opts.seccomp.get(crate::seccomp::ThreadKind::Vcpu),
+            main_filter: opts.seccomp.get(crate::seccomp::ThreadKind::Main),
         })
     }
 
@@ -292,7 +304,7 @@ impl Vmm {
             return Err(Error::State("started"));
         }
         for v in self.unstarted.drain(..) {
-            self.vcpus.push(v.start()?);
+            self.vcpus.push(v.start(self.vcpu_filter.clone())?);
         }
         self.state = VmState::Running;
         Ok(())
@@ -433,6 +445,9 @@ impl Vmm {
     pub fn run(&mut self, hook: &mut dyn FnMut(&mut Vmm)) -> Result<Outcome, Error> {
         if self.state == VmState::Built {
             self.start()?;
+        }
+        if let Some(f) = self.main_filter.take() {
+            crate::seccomp::apply(crate::seccomp::ThreadKind::Main, &f)?;
         }
         loop {
             // The timeout bounds how long a partial console line (a

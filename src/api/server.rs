@@ -35,6 +35,8 @@ pub enum Error {
     Thread(std::io::Error),
     #[error("cannot create the API's wake-up descriptor: {0}")]
     EventFd(std::io::Error),
+    #[error(transparent)]
+    Seccomp(crate::seccomp::Error),
 }
 
 /// The VMM thread's end: requests arrive on `jobs`, and `wake` is written
@@ -45,7 +47,12 @@ pub struct ApiChannel {
 }
 
 /// Bind `path` and serve it from new threads.
-pub fn start(path: &Path) -> Result<ApiChannel, Error> {
+/// The thread installs `filter` (seccomp) before it accepts; the
+/// connection threads it starts inherit it.
+pub fn start(
+    path: &Path,
+    filter: Option<Arc<seccompiler::BpfProgram>>,
+) -> Result<ApiChannel, Error> {
     if path.symlink_metadata().is_ok() {
         return Err(Error::Exists(path.to_owned()));
     }
@@ -56,10 +63,30 @@ pub fn start(path: &Path) -> Result<ApiChannel, Error> {
     let wake = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
     let wake_api = wake.try_clone().map_err(Error::EventFd)?;
     let (tx, rx) = channel();
+    let (filtered_tx, filtered) = channel();
     std::thread::Builder::new()
         .name("api".into())
-        .spawn(move || accept_loop(listener, tx, Arc::new(wake_api)))
+        .spawn(move || {
+            let r = match &filter {
+                Some(f) => crate::seccomp::apply(crate::seccomp::ThreadKind::Api, f),
+                None => Ok(()),
+            };
+            let ok = r.is_ok();
+            let _ = filtered_tx.send(r);
+            if ok {
+                accept_loop(listener, tx, Arc::new(wake_api));
+            }
+        })
         .map_err(Error::Thread)?;
+    match filtered.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(Error::Seccomp(e)),
+        Err(_) => {
+            return Err(Error::Thread(std::io::Error::other(
+                "it ended before installing its seccomp filter",
+            )))
+        }
+    }
     Ok(ApiChannel { jobs: rx, wake })
 }
 
@@ -84,6 +111,8 @@ fn accept_loop(listener: UnixListener, tx: Sender<Job>, wake: Arc<EventFd>) {
         let spawned = std::thread::Builder::new()
             .name("api-conn".into())
             .spawn(move || {
+                // For the SIGSYS message: this thread inherits the filter.
+                crate::seccomp::record_thread_name();
                 serve_connection(stream, &tx, &wake);
                 live2.fetch_sub(1, Ordering::SeqCst);
             });

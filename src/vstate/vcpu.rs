@@ -247,7 +247,11 @@ impl Vcpu {
 
     /// Start the vCPU's thread; the handle pauses, resumes and kicks it.
     /// [`vcpu_control::install_kick_handler`] must have run.
-    pub fn start(self) -> Result<VcpuHandle, Error> {
+    /// The thread installs `filter` (seccomp) before its first KVM_RUN.
+    pub fn start(
+        self,
+        filter: Option<std::sync::Arc<seccompiler::BpfProgram>>,
+    ) -> Result<VcpuHandle, Error> {
         let id = self.id;
         let (cmd_tx, cmd_rx) = channel();
         let (ack_tx, ack_rx) = channel();
@@ -257,13 +261,22 @@ impl Vcpu {
         };
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || self.run(ctl))
+            .spawn(move || self.run(ctl, filter))
             .map_err(|source| Error::Thread { id, source })?;
         Ok(VcpuHandle::new(id, cmd_tx, ack_rx, thread))
     }
 
-    fn run(mut self, ctl: VcpuControl) {
+    fn run(mut self, ctl: VcpuControl, filter: Option<std::sync::Arc<seccompiler::BpfProgram>>) {
         vcpu_control::set_thread_kvm_run(self.fd.get_kvm_run());
+        if let Some(f) = filter {
+            if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu, &f) {
+                let _ = self
+                    .stop
+                    .send((self.id, StopReason::Crash(format!("vCPU {}: {e}", self.id))));
+                let _ = self.stop_evt.write(1);
+                return;
+            }
+        }
         if self.id == 0 {
             timer::mark(Phase::FirstKvmRun);
         }
