@@ -28,6 +28,8 @@ const IOCTLS: &[(u64, &str)] = &[
 
 const SIGNALS: &[(u64, &str)] = &[(SIGABRT, "SIGABRT")];
 
+const FCNTLS: &[(u64, &str)] = &[(libc::F_GETFD as u64, "F_GETFD")];
+
 pub(super) const ALLOW: &[Allow] = &[
     sys!(SYS_ioctl, "KVM_RUN, exit handling, TAP offloads; TCSETS restores the terminal on a panic", arg 1 in IOCTLS),
     sys!(SYS_read, "eventfds drained by device reset and activation"),
@@ -66,7 +68,11 @@ pub(super) const ALLOW: &[Allow] = &[
         SYS_timerfd_settime,
         "device timers set and cleared by register writes"
     ),
-    sys!(SYS_close, "descriptors dropped by a device reset"),
+    sys!(
+        SYS_close,
+        "descriptors dropped by a device reset; the vCPU's own at its end"
+    ),
+    sys!(SYS_fcntl, "std checks a descriptor before closing it (debug builds)", arg 1 in FCNTLS),
     sys!(SYS_futex, "device mutexes, the control channel"),
     sys!(SYS_mmap, "the allocator"),
     sys!(SYS_munmap, "the allocator; thread exit"),
