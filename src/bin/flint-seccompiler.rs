@@ -12,7 +12,7 @@ use seccompiler::TargetArch;
 /// Compile a JSON seccomp policy (filters named main, vcpu and api) into a
 /// filter file for `flint --seccomp-filter`.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     /// The JSON policy (seccompiler's format).
     #[arg(long, value_name = "FILE", required_unless_present = "print_builtin")]
