@@ -366,3 +366,93 @@ fn a_leftover_jail_is_not_overwritten() {
     assert!(all.contains("exists already"), "{all}");
     assert_eq!(jail.tree(), before);
 }
+
+/// A `/proc/PID/status` field's value.
+fn status_field(pid: u32, task: Option<&str>, field: &str) -> String {
+    let path = match task {
+        Some(t) => format!("/proc/{pid}/task/{t}/status"),
+        None => format!("/proc/{pid}/status"),
+    };
+    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in {path}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn a_jailed_api_server_runs_as_nobody_in_its_cgroup_under_seccomp() {
+    let jail = Jail::new("api");
+    jail.prepare();
+    let base = jail.base.display().to_string();
+    let mut child = Command::new(JAILER)
+        .args([
+            "--id",
+            &jail.id,
+            "--exec-file",
+            FLINT,
+            "--uid",
+            "65534",
+            "--gid",
+            "65534",
+        ])
+        .args(["--chroot-base-dir", &base, "--parent-cgroup", &jail.parent])
+        .args([
+            "--",
+            "--kernel",
+            "/reset.elf",
+            "--api-sock",
+            "/run/api.sock",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The jailer execs flint: same pid.
+    let pid = child.id();
+    let sock = jail.root().join("run/api.sock");
+    let end = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        if Instant::now() > end || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("no API socket in the jail:\n{}", text(&out));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let checks = std::panic::catch_unwind(|| {
+        assert_eq!(status_field(pid, None, "Uid"), "65534\t65534\t65534\t65534");
+        assert_eq!(status_field(pid, None, "Gid"), "65534\t65534\t65534\t65534");
+        assert_eq!(status_field(pid, None, "Groups"), "");
+        let m = std::fs::metadata(&sock).unwrap();
+        assert_eq!((m.uid(), m.gid()), (NOBODY, NOBODY));
+        // flint's / is the jail: its flint is there, the host's /etc is not.
+        let its_root = PathBuf::from(format!("/proc/{pid}/root"));
+        assert!(its_root.join("flint").is_file());
+        assert!(!its_root.join("etc").exists());
+        let procs = std::fs::read_to_string(jail.cgroup().join("cgroup.procs")).unwrap();
+        assert!(procs.lines().any(|l| l == pid.to_string()), "{procs}");
+        // The API thread serves under its seccomp filter (mode 2).
+        let api = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .map(|t| t.file_name().to_string_lossy().into_owned())
+            .find(|t| {
+                std::fs::read_to_string(format!("/proc/{pid}/task/{t}/comm"))
+                    .is_ok_and(|c| c.trim() == "api")
+            })
+            .expect("an api thread");
+        assert_eq!(status_field(pid, Some(&api), "Seccomp"), "2");
+    });
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    if let Err(e) = checks {
+        std::panic::resume_unwind(e);
+    }
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!sock.exists(), "flint removes its socket");
+}

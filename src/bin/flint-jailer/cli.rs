@@ -17,7 +17,6 @@ use crate::cgroup::{self, Setting};
 #[derive(Parser, Debug)]
 #[command(
     version,
-    about,
     after_help = "Example:\n  flint-jailer --id vm1 \
 --exec-file /usr/local/bin/flint --uid 1000 --gid 1000 \\\n    \
 --cgroup memory.max=268435456 -- --kernel /vmlinux"
@@ -91,6 +90,8 @@ pub enum Error {
     BaseDir(PathBuf, String),
     #[error("--{0} 0: running flint as root needs --allow-root")]
     Root(&'static str),
+    #[error("--{0} 4294967295: (uid_t)-1 means \"unchanged\" to the kernel, not an id")]
+    MinusOne(&'static str),
     #[error("--cgroup-version {0}: only cgroup version 2 is supported")]
     CgroupVersion(u32),
     #[error("--parent-cgroup {0:?}: a relative cgroup path without '..' is needed")]
@@ -239,6 +240,12 @@ impl Cli {
         }
         let (exec_file, exec_name) = check_exec_file(&self.exec_file)?;
         let base = check_base_dir(&self.chroot_base_dir)?;
+        if self.uid == u32::MAX {
+            return Err(Error::MinusOne("uid"));
+        }
+        if self.gid == u32::MAX {
+            return Err(Error::MinusOne("gid"));
+        }
         if self.uid == 0 && !self.allow_root {
             return Err(Error::Root("uid"));
         }
@@ -357,6 +364,33 @@ mod tests {
         assert_eq!(with(0, 1, false).unwrap_err(), Error::Root("uid"));
         assert_eq!(with(1, 0, false).unwrap_err(), Error::Root("gid"));
         assert!(with(0, 0, true).is_ok());
+        assert_eq!(with(u32::MAX, 1, true).unwrap_err(), Error::MinusOne("uid"));
+        assert_eq!(with(1, u32::MAX, true).unwrap_err(), Error::MinusOne("gid"));
+    }
+
+    #[test]
+    fn help_explains_every_flag() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.starts_with("Start flint in a jail"), "{help}");
+        for flag in [
+            "--id",
+            "--exec-file",
+            "--uid",
+            "--gid",
+            "--chroot-base-dir",
+            "--netns",
+            "--cgroup-version",
+            "--cgroup",
+            "--parent-cgroup",
+            "--resource-limit",
+            "--daemonize",
+            "--new-pid-ns",
+            "--allow-root",
+            "FLINT ARGS",
+        ] {
+            assert!(help.contains(flag), "{flag} missing from:\n{help}");
+        }
     }
 
     #[test]
