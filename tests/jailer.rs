@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::netns::Netns;
 use common::{tiny, FLINT};
 
 const JAILER: &str = env!("CARGO_BIN_EXE_flint-jailer");
@@ -383,10 +384,12 @@ fn status_field(pid: u32, task: Option<&str>, field: &str) -> String {
 }
 
 #[test]
-fn a_jailed_api_server_runs_as_nobody_in_its_cgroup_under_seccomp() {
+fn a_jailed_api_server_runs_as_nobody_in_its_netns_and_cgroup_under_seccomp() {
     let jail = Jail::new("api");
     jail.prepare();
     let base = jail.base.display().to_string();
+    let ns = Netns::new();
+    let ns_file = format!("/var/run/netns/{}", ns.name);
     let mut child = Command::new(JAILER)
         .args([
             "--id",
@@ -399,6 +402,7 @@ fn a_jailed_api_server_runs_as_nobody_in_its_cgroup_under_seccomp() {
             "65534",
         ])
         .args(["--chroot-base-dir", &base, "--parent-cgroup", &jail.parent])
+        .args(["--netns", &ns_file])
         .args([
             "--",
             "--kernel",
@@ -427,6 +431,11 @@ fn a_jailed_api_server_runs_as_nobody_in_its_cgroup_under_seccomp() {
         assert_eq!(status_field(pid, None, "Uid"), "65534\t65534\t65534\t65534");
         assert_eq!(status_field(pid, None, "Gid"), "65534\t65534\t65534\t65534");
         assert_eq!(status_field(pid, None, "Groups"), "");
+        // In the network namespace asked for.
+        let net = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .unwrap()
+            .ino();
+        assert_eq!(net, std::fs::metadata(&ns_file).unwrap().ino());
         let m = std::fs::metadata(&sock).unwrap();
         assert_eq!((m.uid(), m.gid()), (NOBODY, NOBODY));
         // flint's / is the jail: its flint is there, the host's /etc is not.
@@ -435,16 +444,30 @@ fn a_jailed_api_server_runs_as_nobody_in_its_cgroup_under_seccomp() {
         assert!(!its_root.join("etc").exists());
         let procs = std::fs::read_to_string(jail.cgroup().join("cgroup.procs")).unwrap();
         assert!(procs.lines().any(|l| l == pid.to_string()), "{procs}");
-        // The API thread serves under its seccomp filter (mode 2).
-        let api = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .unwrap()
-            .flatten()
-            .map(|t| t.file_name().to_string_lossy().into_owned())
-            .find(|t| {
-                std::fs::read_to_string(format!("/proc/{pid}/task/{t}/comm"))
-                    .is_ok_and(|c| c.trim() == "api")
-            })
-            .expect("an api thread");
+        // The API thread serves under its seccomp filter (mode 2); the
+        // socket may be bound before the thread has its name.
+        let api_thread = || {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .flatten()
+                .map(|t| t.file_name().to_string_lossy().into_owned())
+                .find(|t| {
+                    std::fs::read_to_string(format!("/proc/{pid}/task/{t}/comm"))
+                        .is_ok_and(|c| c.trim() == "api")
+                })
+        };
+        let end = Instant::now() + Duration::from_secs(5);
+        let api = loop {
+            match api_thread() {
+                Some(t) => break t,
+                None if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
+                None => panic!("flint has no api thread"),
+            }
+        };
+        // It installs the filter itself, right after it starts.
+        while status_field(pid, Some(&api), "Seccomp") != "2" && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         assert_eq!(status_field(pid, Some(&api), "Seccomp"), "2");
     });
     // SAFETY: signalling our own child.
@@ -455,4 +478,35 @@ fn a_jailed_api_server_runs_as_nobody_in_its_cgroup_under_seccomp() {
     }
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(!sock.exists(), "flint removes its socket");
+}
+
+#[test]
+fn daemonized_the_jailer_and_flint_print_nothing() {
+    let jail = Jail::new("daemon");
+    jail.prepare();
+    let out = jail.run(
+        &["--daemonize", "--new-pid-ns"],
+        &[
+            "--kernel",
+            "/reset.elf",
+            "--metrics-path",
+            "/out/metrics.json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(text(&out), "", "stdio goes to /dev/null");
+    // The detached flint runs the guest to its reset and writes its
+    // metrics at exit, as nobody.
+    let metrics = jail.root().join("out/metrics.json");
+    let end = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&metrics).map_or(true, |m| !m.ends_with('\n')) {
+        assert!(
+            Instant::now() < end,
+            "the daemonized flint wrote no metrics"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::metadata(&metrics).unwrap().uid(), NOBODY);
+    let pid = std::fs::read_to_string(jail.root().join("flint.pid")).unwrap();
+    assert!(pid.trim().parse::<u32>().is_ok(), "{pid:?}");
 }
