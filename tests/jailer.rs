@@ -218,9 +218,12 @@ fn jailed_flint_in_a_new_pid_namespace() {
 
 #[test]
 fn the_cgroup_gets_the_values() {
+    let offered = offered_controllers();
+    // The jailer enables controllers in the root's subtree_control; the
+    // test puts the root back as it was (after the jail's cgroups are gone).
+    let _restore = RestoreSubtree::new(&offered);
     let jail = Jail::new("cgroup");
     jail.prepare();
-    let offered = offered_controllers();
     let has = |c: &str| offered.iter().any(|o| o == c);
     let mut want = vec![("cgroup.max.descendants", "2")];
     if has("memory") && has("pids") {
@@ -262,6 +265,35 @@ fn the_cgroup_gets_the_values() {
     }
     // flint has exited: the cgroup empties and is left for the caller.
     assert_eq!(wait_empty(&dir).trim(), "");
+}
+
+/// Disables again, on drop, the controllers that were not enabled in the
+/// cgroup v2 root's subtree_control when it was made.
+struct RestoreSubtree(Vec<String>);
+
+impl RestoreSubtree {
+    fn new(offered: &[String]) -> RestoreSubtree {
+        let file = cgroup_root().join("cgroup.subtree_control");
+        let on = std::fs::read_to_string(file).unwrap();
+        let on: Vec<&str> = on.split_whitespace().collect();
+        RestoreSubtree(
+            offered
+                .iter()
+                .filter(|c| !on.contains(&c.as_str()))
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
+impl Drop for RestoreSubtree {
+    fn drop(&mut self) {
+        let file = cgroup_root().join("cgroup.subtree_control");
+        for c in &self.0 {
+            // Refused while another cgroup uses it: then it stays.
+            let _ = std::fs::write(&file, format!("-{c}"));
+        }
+    }
 }
 
 /// Run the jailer with `extra` against a fresh jail; it must fail with
