@@ -203,8 +203,13 @@ fn seccomp_filters(cli: &Cli) -> Result<Filters, seccomp::Error> {
     match (&cli.seccomp_filter, cli.no_seccomp) {
         (_, true) => Ok(Filters::none()),
         (Some(path), false) => Filters::from_file(path),
-        (None, false) => Filters::builtin(),
+        (None, false) => Filters::builtin(api_socket(cli).is_some()),
     }
+}
+
+/// The socket to serve the API on, unless `--no-api` says not to.
+fn api_socket(cli: &Cli) -> Option<&Path> {
+    cli.api_sock.as_deref().filter(|_| !cli.no_api)
 }
 
 fn run_options(cli: &Cli, seccomp: &Filters) -> RunOptions {
@@ -386,7 +391,7 @@ fn run(cli: &Cli) -> u8 {
         eprintln!("flint: {e}");
         return EXIT_ERROR;
     }
-    if let (Some(sock), false) = (&cli.api_sock, cli.no_api) {
+    if let Some(sock) = api_socket(cli) {
         return run_api(cli, sock, st, &filters);
     }
     let cfg = match st.resources.build() {

@@ -148,6 +148,16 @@ impl Drop for Jail {
     }
 }
 
+/// flint's arguments inside the jail: the tiny guest that resets at once,
+/// with metrics written to /out/metrics.json (owned by whoever flint runs
+/// as).
+const RESET_WITH_METRICS: [&str; 4] = [
+    "--kernel",
+    "/reset.elf",
+    "--metrics-path",
+    "/out/metrics.json",
+];
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -160,15 +170,7 @@ fn text(out: &Output) -> String {
 fn jailed_flint_boots_the_tiny_guest_as_nobody() {
     let jail = Jail::new("boot");
     jail.prepare();
-    let out = jail.run(
-        &["--resource-limit", "no-file=256"],
-        &[
-            "--kernel",
-            "/reset.elf",
-            "--metrics-path",
-            "/out/metrics.json",
-        ],
-    );
+    let out = jail.run(&["--resource-limit", "no-file=256"], &RESET_WITH_METRICS);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(all.contains("the guest rebooted"), "{all}");
@@ -516,15 +518,7 @@ fn a_jailed_api_server_runs_as_nobody_in_its_netns_and_cgroup_under_seccomp() {
 fn daemonized_the_jailer_and_flint_print_nothing() {
     let jail = Jail::new("daemon");
     jail.prepare();
-    let out = jail.run(
-        &["--daemonize", "--new-pid-ns"],
-        &[
-            "--kernel",
-            "/reset.elf",
-            "--metrics-path",
-            "/out/metrics.json",
-        ],
-    );
+    let out = jail.run(&["--daemonize", "--new-pid-ns"], &RESET_WITH_METRICS);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(text(&out), "", "stdio goes to /dev/null");
     // The detached flint runs the guest to its reset and writes its

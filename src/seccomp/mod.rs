@@ -215,13 +215,15 @@ impl Filters {
         Filters::default()
     }
 
-    /// flint's built-in lists, compiled once per thread kind.
-    pub fn builtin() -> Result<Self, Error> {
+    /// flint's built-in lists, compiled once per thread kind; the API's
+    /// only when `api` (flint serves the API), so a run without it does
+    /// not pay for a filter it never installs.
+    pub fn builtin(api: bool) -> Result<Self, Error> {
         let c = |k: ThreadKind| compile(k).map(|p| Some(Arc::new(p)));
         Ok(Filters {
             main: c(ThreadKind::Main)?,
             vcpu: c(ThreadKind::Vcpu)?,
-            api: c(ThreadKind::Api)?,
+            api: if api { c(ThreadKind::Api)? } else { None },
         })
     }
 
@@ -235,24 +237,21 @@ impl Filters {
             path: path.to_owned(),
             what,
         })?;
+        let mut have: Vec<String> = map.keys().cloned().collect();
+        have.sort();
+        let have = if have.is_empty() {
+            "none".to_string()
+        } else {
+            have.join(", ")
+        };
         let mut take = |kind: ThreadKind| match map.remove(kind.name()) {
             Some(p) => Ok(Some(Arc::new(p))),
             None => Err(kind.name()),
         };
-        let missing = |kind| {
-            let mut have: Vec<_> = decode(&bytes)
-                .map(|m| m.into_keys().collect())
-                .unwrap_or_default();
-            have.sort();
-            Error::MissingKind {
-                path: path.to_owned(),
-                kind,
-                have: if have.is_empty() {
-                    "none".into()
-                } else {
-                    have.join(", ")
-                },
-            }
+        let missing = |kind| Error::MissingKind {
+            path: path.to_owned(),
+            kind,
+            have: have.clone(),
         };
         Ok(Filters {
             main: take(ThreadKind::Main).map_err(missing)?,
@@ -266,14 +265,6 @@ impl Filters {
             ThreadKind::Main => self.main.clone(),
             ThreadKind::Vcpu => self.vcpu.clone(),
             ThreadKind::Api => self.api.clone(),
-        }
-    }
-
-    /// Install `kind`'s filter (if any) on the calling thread.
-    pub fn apply(&self, kind: ThreadKind) -> Result<(), Error> {
-        match self.get(kind) {
-            Some(p) => apply(kind, &p),
-            None => Ok(()),
         }
     }
 }
