@@ -12,10 +12,12 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::netns::Netns;
-use common::{tiny, FLINT};
+use common::{artifact, boot_deadline, cmdline, in_lab, ran_in_lab, spawn_command, tiny, FLINT};
 
 const JAILER: &str = env!("CARGO_BIN_EXE_flint-jailer");
 const NOBODY: u32 = 65534;
+/// An ordinary unprivileged user and group (which need not exist).
+const USER: u32 = 1000;
 
 /// The cgroup v2 mount, as the jailer finds it.
 fn cgroup_root() -> PathBuf {
@@ -49,8 +51,13 @@ struct Jail {
 
 impl Jail {
     fn new(name: &str) -> Jail {
+        Jail::new_under(&std::env::temp_dir(), name)
+    }
+
+    /// A jail whose base directory is made in `dir`.
+    fn new_under(dir: &Path, name: &str) -> Jail {
         let tag = format!("{}-{name}", std::process::id());
-        let base = std::env::temp_dir().join(format!("flint-jailer-test-{tag}"));
+        let base = dir.join(format!("flint-jailer-test-{tag}"));
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base).unwrap();
         Jail {
@@ -535,4 +542,122 @@ fn daemonized_the_jailer_and_flint_print_nothing() {
     assert_eq!(std::fs::metadata(&metrics).unwrap().uid(), NOBODY);
     let pid = std::fs::read_to_string(jail.root().join("flint.pid")).unwrap();
     assert!(pid.trim().parse::<u32>().is_ok(), "{pid:?}");
+}
+
+/// The default guest (kernel, initramfs, a disk) in a jail as uid/gid 1000
+/// with memory and pids limits: it boots, its write reaches the disk, and
+/// while it runs flint's `/` is the jail, its ids are 1000, it is in the
+/// jail's cgroup with the limits asked for. A host path outside the jail
+/// cannot be opened by a jailed flint. On exit the jail and the cgroup stay,
+/// as documented, for the caller to remove. Guest user space: in the lab
+/// on a kvm_pvm host, whose pure cgroup v2 has the memory and pids
+/// controllers.
+#[test]
+fn jailed_default_guest_as_user_1000() {
+    if ran_in_lab("jailed_default_guest_as_user_1000") {
+        return;
+    }
+    let offered = offered_controllers();
+    let has = |c: &str| offered.iter().any(|o| o == c);
+    assert!(
+        has("memory") && has("pids"),
+        "this test needs a cgroup v2 with the memory and pids controllers (it has {offered:?})"
+    );
+    let _restore = RestoreSubtree::new(&offered);
+    // In the lab /tmp is the host's, over 9p, which takes no device nodes;
+    // /run is the lab's own tmpfs.
+    let dir = if in_lab() {
+        PathBuf::from("/run")
+    } else {
+        std::env::temp_dir()
+    };
+    let jail = Jail::new_under(&dir, "user");
+    let root = jail.root();
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::copy(artifact("kernel"), root.join("vmlinux")).unwrap();
+    std::fs::copy(artifact("initrd"), root.join("initrd.cpio")).unwrap();
+    let disk = root.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    std::os::unix::fs::chown(&disk, Some(USER), Some(USER)).unwrap();
+
+    // A path outside a jail, present on the host: flint cannot open it.
+    let other = Jail::new_under(&dir, "outside");
+    let outside = other.base.join("outside.elf");
+    std::fs::copy(tiny("reset"), &outside).unwrap();
+    let outside_arg = outside.display().to_string();
+    let refused = other.run(
+        &["--uid", "1000", "--gid", "1000"],
+        &["--kernel", &outside_arg],
+    );
+    let all = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains(&outside_arg),
+        "the error names the path: {all}"
+    );
+
+    let user = USER.to_string();
+    let base = jail.base.display().to_string();
+    let mut cmd = Command::new(JAILER);
+    cmd.args(["--id", &jail.id, "--exec-file", FLINT])
+        .args(["--uid", &user, "--gid", &user])
+        .args(["--chroot-base-dir", &base, "--parent-cgroup", &jail.parent])
+        .args([
+            "--cgroup",
+            "memory.max=536870912",
+            "--cgroup",
+            "pids.max=64",
+        ])
+        .args(["--", "--kernel", "/vmlinux", "--initrd", "/initrd.cpio"])
+        .args(["--drive", "path=/disk.img"])
+        .arg("--cmdline")
+        .arg(cmdline(
+            "flint.cmd=echo,jailed-write|dd,of=/dev/vda,conv=fsync flint.cmd=sleep,2",
+        ));
+    let mut vm = spawn_command(cmd);
+    let pid = vm.child.id();
+    // The jailer execs flint: same pid, once its ids are 1000.
+    let end = Instant::now() + Duration::from_secs(30);
+    while status_field(pid, None, "Uid") != format!("{USER}\t{USER}\t{USER}\t{USER}") {
+        assert!(
+            Instant::now() < end,
+            "flint never ran as {USER}:\n{}",
+            vm.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    vm.wait_for("flint-guest: init reached", boot_deadline());
+    assert_eq!(
+        status_field(pid, None, "Gid"),
+        format!("{USER}\t{USER}\t{USER}\t{USER}")
+    );
+    assert_eq!(status_field(pid, None, "Groups"), "");
+    // flint's / is the jail's root directory itself.
+    let its_root = std::fs::metadata(format!("/proc/{pid}/root")).unwrap();
+    let jail_root = std::fs::metadata(&root).unwrap();
+    assert_eq!(
+        (its_root.dev(), its_root.ino()),
+        (jail_root.dev(), jail_root.ino())
+    );
+    let cg = jail.cgroup();
+    let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap();
+    assert!(procs.lines().any(|l| l == pid.to_string()), "{procs}");
+    for (file, value) in [("memory.max", "536870912"), ("pids.max", "64")] {
+        let got = std::fs::read_to_string(cg.join(file)).unwrap();
+        assert_eq!(got.trim(), value, "{file}");
+    }
+
+    let status = vm.wait_exit(boot_deadline());
+    let out = vm.output();
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(out.contains("flint-guest: cmd exit 0"), "{out}");
+    let written = std::fs::read(&disk).unwrap();
+    assert!(
+        written.starts_with(b"jailed-write\n"),
+        "the guest's write is on the disk"
+    );
+    // Left for the caller: the jail with its copies, and the (empty) cgroup.
+    assert!(root.join("flint").is_file() && root.join("dev/kvm").exists());
+    assert!(cg.is_dir());
+    assert_eq!(wait_empty(&cg).trim(), "");
 }
