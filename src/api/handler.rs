@@ -159,7 +159,8 @@ pub fn preboot(st: &mut ApiState, req: ApiRequest) -> Preboot {
         | ApiRequest::GetVersion
         | ApiRequest::GetVmConfig
         | ApiRequest::GetMachine
-        | ApiRequest::GetBalloon => unreachable!("answered by common()"),
+        // Answered by common() above.
+        | ApiRequest::GetBalloon => Response::Fault(format!("{what}: not answered")),
     };
     Preboot::Reply(r)
 }
@@ -250,7 +251,8 @@ pub fn running(st: &mut ApiState, vmm: &mut Vmm, req: ApiRequest) -> Response {
         | ApiRequest::GetVersion
         | ApiRequest::GetVmConfig
         | ApiRequest::GetMachine
-        | ApiRequest::GetBalloon => unreachable!("answered by common()"),
+        // Answered by common() above.
+        | ApiRequest::GetBalloon => Response::Fault(format!("{what}: not answered")),
     }
 }
 

@@ -81,13 +81,13 @@ pub fn emulate(bytes: &[u8], ctx: &mut Ctx) -> Result<Outcome, Error> {
             Outcome::Resume
         }
         Mnemonic::Popcnt | Mnemonic::Lzcnt | Mnemonic::Tzcnt => {
-            bit_count(&insn, ctx, &bytes[..insn.len().min(bytes.len())])?;
+            bit_count(&insn, ctx, bytes.get(..insn.len()).unwrap_or(bytes))?;
             Outcome::Resume
         }
         _ => {
             return Err(Error::Unsupported {
                 text: mnemonic_text(&insn),
-                bytes: bytes[..insn.len().min(bytes.len())].to_vec(),
+                bytes: bytes.get(..insn.len()).unwrap_or(bytes).to_vec(),
             })
         }
     };
@@ -98,24 +98,28 @@ pub fn emulate(bytes: &[u8], ctx: &mut Ctx) -> Result<Outcome, Error> {
 /// popcnt / lzcnt / tzcnt r, r/m (16, 32 or 64 bits).
 fn bit_count(insn: &Instruction, ctx: &mut Ctx, bytes: &[u8]) -> Result<(), Error> {
     let dst = insn.op0_register();
-    let bits = (dst.size() * 8) as u32;
+    let unsupported = || Error::Unsupported {
+        text: mnemonic_text(insn),
+        bytes: bytes.to_vec(),
+    };
+    // A 16-, 32- or 64-bit register: the shifts below rely on it.
+    let n = dst.size();
+    if !matches!(n, 2 | 4 | 8) {
+        return Err(unsupported());
+    }
+    let bits = (n * 8) as u32;
     let src = match insn.op1_kind() {
         OpKind::Register => get_reg(ctx.regs, insn.op1_register()),
         OpKind::Memory => {
             let addr = memory_address(insn, ctx);
             let mut buf = [0u8; 8];
-            let n = dst.size();
-            if !(ctx.read_mem)(addr, &mut buf[..n]) {
+            let dst_bytes = buf.get_mut(..n).ok_or_else(unsupported)?;
+            if !(ctx.read_mem)(addr, dst_bytes) {
                 return Err(Error::Memory(addr));
             }
             u64::from_le_bytes(buf)
         }
-        _ => {
-            return Err(Error::Unsupported {
-                text: mnemonic_text(insn),
-                bytes: bytes.to_vec(),
-            })
-        }
+        _ => return Err(unsupported()),
     };
     let src = if bits == 64 {
         src
