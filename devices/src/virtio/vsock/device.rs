@@ -240,8 +240,19 @@ impl Vsock {
                 self.held_rx = Some(segs);
                 break;
             };
-            // next_rx writes at most `room` bytes and says how many in hdr.len.
-            let payload = self.rx_payload.get(..hdr.len as usize).unwrap_or_default();
+            // next_rx writes at most `room` bytes and says how many in hdr.len;
+            // should that not hold, stop rather than hand the guest garbage.
+            let Some(payload) = self.rx_payload.get(..hdr.len as usize) else {
+                crate::rate_limited!(
+                    error,
+                    "vsock: an RX packet of {} bytes overruns its {room}-byte buffer",
+                    hdr.len
+                );
+                if let Err(e) = a.interrupt.signal_needs_reset() {
+                    crate::rate_limited!(error, "vsock: cannot signal the guest: {e}");
+                }
+                break;
+            };
             let len = packet::write_rx(&segs, &a.mem, &hdr, payload);
             if let Err(e) = a.queues[RX_INDEX].add_used(&a.mem, segs.head, len) {
                 crate::rate_limited!(error, "vsock: cannot return an RX chain: {e}");
