@@ -221,6 +221,17 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn fields_beyond_the_buffer_read_zero() {
+        let b = [1u8, 2, 3, 4, 5];
+        assert_eq!(u16_at(&b, 3), 0x0504);
+        assert_eq!(u16_at(&b, 4), 0);
+        assert_eq!(u32_at(&b, 1), 0x0504_0302);
+        assert_eq!(u32_at(&b, 2), 0);
+        assert_eq!(u64_at(&b, 0), 0);
+        assert_eq!(u64_at(&b, usize::MAX), 0);
+    }
+
+    #[test]
     fn finds_the_parameter_in_rodata() {
         let mem = crate::memory::create(32).unwrap();
         let mut body = vec![0u8; 0x3000];

@@ -401,4 +401,28 @@ mod tests {
         assert_eq!(r.rax, 1);
         assert_eq!(get_reg(&r, Register::AL), 1);
     }
+
+    #[test]
+    fn bit_count_refuses_a_destination_it_cannot_size() {
+        // The decoder only gives popcnt a 16/32/64-bit register; a wider
+        // one used to overflow the mask shift.
+        let mut insn = Instruction::default();
+        insn.set_code(iced_x86::Code::Popcnt_r32_rm32);
+        insn.set_op0_kind(OpKind::Register);
+        insn.set_op0_register(Register::XMM0);
+        insn.set_op1_kind(OpKind::Register);
+        insn.set_op1_register(Register::EAX);
+        let mut regs = kvm_regs::default();
+        let mut read = |_: u64, _: &mut [u8]| false;
+        let mut ctx = Ctx {
+            regs: &mut regs,
+            fs_base: 0,
+            gs_base: 0,
+            read_mem: &mut read,
+        };
+        assert!(matches!(
+            bit_count(&insn, &mut ctx, &[0xf3, 0x0f, 0xb8, 0xc0]),
+            Err(Error::Unsupported { .. })
+        ));
+    }
 }

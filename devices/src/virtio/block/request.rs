@@ -367,3 +367,31 @@ fn write_id(
     // At most ID_BYTES.
     Ok(written as u32)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iovecs_advance_stops_at_the_end() {
+        let mut buf = [0u8; 16];
+        let base: *mut libc::c_void = buf.as_mut_ptr().cast();
+        let iov = |at: usize| libc::iovec {
+            iov_base: base.wrapping_byte_add(at),
+            iov_len: 8,
+        };
+        let mut v = IoVecs {
+            vecs: vec![iov(0), iov(8)],
+            start: 0,
+        };
+        v.advance(3);
+        assert_eq!(v.remaining(), 13);
+        v.advance(5);
+        assert_eq!(v.as_slice().len(), 1);
+        v.advance(100);
+        assert_eq!(v.remaining(), 0);
+        assert!(v.as_slice().is_empty());
+        v.advance(1);
+        assert!(v.as_slice().is_empty());
+    }
+}
