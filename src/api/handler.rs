@@ -155,11 +155,11 @@ pub fn preboot(st: &mut ApiState, req: ApiRequest) -> Preboot {
             Some(m) => result(&what, m.flush(None)),
             None => Response::Fault(format!("{what}: {}", metrics::Error::NotSet)),
         },
+        // Answered by common() above.
         ApiRequest::GetInstance
         | ApiRequest::GetVersion
         | ApiRequest::GetVmConfig
         | ApiRequest::GetMachine
-        // Answered by common() above.
         | ApiRequest::GetBalloon => Response::Fault(format!("{what}: not answered")),
     };
     Preboot::Reply(r)
@@ -247,11 +247,11 @@ pub fn running(st: &mut ApiState, vmm: &mut Vmm, req: ApiRequest) -> Response {
                 ))
             }
         }
+        // Answered by common() above.
         ApiRequest::GetInstance
         | ApiRequest::GetVersion
         | ApiRequest::GetVmConfig
         | ApiRequest::GetMachine
-        // Answered by common() above.
         | ApiRequest::GetBalloon => Response::Fault(format!("{what}: not answered")),
     }
 }

@@ -249,6 +249,7 @@ impl RxPath {
                     break;
                 }
                 let n = seg_len.min(len - off);
+                // `off + n` <= `len`, the length of the frame in `frame`.
                 let Some(src) = self.frame.get(off..off + n) else {
                     break;
                 };
