@@ -2,6 +2,20 @@
 //! EventFds and the VMM wires them to the hypervisor, so every model can be
 //! tested on any host.
 
+// The guest and input files reach this code: it must not panic.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented
+    )
+)]
+
 pub mod bus;
 pub mod legacy;
 pub mod log_limit;

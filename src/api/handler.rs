@@ -155,11 +155,12 @@ pub fn preboot(st: &mut ApiState, req: ApiRequest) -> Preboot {
             Some(m) => result(&what, m.flush(None)),
             None => Response::Fault(format!("{what}: {}", metrics::Error::NotSet)),
         },
+        // Answered by common() above.
         ApiRequest::GetInstance
         | ApiRequest::GetVersion
         | ApiRequest::GetVmConfig
         | ApiRequest::GetMachine
-        | ApiRequest::GetBalloon => unreachable!("answered by common()"),
+        | ApiRequest::GetBalloon => Response::Fault(format!("{what}: not answered")),
     };
     Preboot::Reply(r)
 }
@@ -246,11 +247,12 @@ pub fn running(st: &mut ApiState, vmm: &mut Vmm, req: ApiRequest) -> Response {
                 ))
             }
         }
+        // Answered by common() above.
         ApiRequest::GetInstance
         | ApiRequest::GetVersion
         | ApiRequest::GetVmConfig
         | ApiRequest::GetMachine
-        | ApiRequest::GetBalloon => unreachable!("answered by common()"),
+        | ApiRequest::GetBalloon => Response::Fault(format!("{what}: not answered")),
     }
 }
 

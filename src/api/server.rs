@@ -202,7 +202,7 @@ fn fill(stream: &mut UnixStream, buf: &mut Vec<u8>) -> bool {
     match stream.read(&mut chunk) {
         Ok(0) | Err(_) => false,
         Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
+            buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
             true
         }
     }
@@ -254,7 +254,10 @@ fn serve_connection(mut stream: UnixStream, tx: &Sender<Job>, wake: &EventFd) {
                 return;
             }
         }
-        let body = &buf[head.len..head.len + head.content_length];
+        // The loop above read the whole body in.
+        let body = buf
+            .get(head.len..head.len + head.content_length)
+            .unwrap_or_default();
         let response = match routes::parse(&head.method, &head.path, body) {
             Ok(request) => dispatch(request, tx, wake),
             Err(msg) => Response::Fault(msg),

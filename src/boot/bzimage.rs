@@ -51,7 +51,7 @@ pub fn payload(image: &[u8]) -> Result<Option<&[u8]>, Error> {
     {
         return Ok(None);
     }
-    let sects = match image[SETUP_SECTS] {
+    let sects = match image.get(SETUP_SECTS).copied().unwrap_or(0) {
         0 => 4,
         n => usize::from(n),
     };
@@ -107,7 +107,7 @@ pub fn unlz4_legacy(data: &[u8]) -> Result<Vec<u8>, Error> {
             return Err(corrupt(F, "decompresses to more than 512 MiB"));
         }
         out.resize(start + LZ4_LEGACY_BLOCK, 0);
-        let got = lz4_flex::block::decompress_into(block, &mut out[start..])
+        let got = lz4_flex::block::decompress_into(block, out.get_mut(start..).unwrap_or_default())
             .map_err(|e| corrupt(F, e))?;
         out.truncate(start + got);
     }

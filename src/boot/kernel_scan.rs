@@ -42,16 +42,23 @@ pub struct Segment {
     pub filesz: u64,
 }
 
+// Callers read fixed offsets of whole headers; a field beyond `b` reads 0.
 fn u16_at(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes([b[off], b[off + 1]])
+    b.get(off..)
+        .and_then(<[u8]>::first_chunk)
+        .map_or(0, |c| u16::from_le_bytes(*c))
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes(b[off..off + 4].try_into().unwrap_or_default())
+    b.get(off..)
+        .and_then(<[u8]>::first_chunk)
+        .map_or(0, |c| u32::from_le_bytes(*c))
 }
 
 fn u64_at(b: &[u8], off: usize) -> u64 {
-    u64::from_le_bytes(b[off..off + 8].try_into().unwrap_or_default())
+    b.get(off..)
+        .and_then(<[u8]>::first_chunk)
+        .map_or(0, |c| u64::from_le_bytes(*c))
 }
 
 fn read_at<R: Read + Seek>(r: &mut R, off: u64, len: usize) -> io::Result<Vec<u8>> {
@@ -106,7 +113,7 @@ fn rodata_section<R: Read + Seek>(
         return Ok(None);
     }
     let sh = read_at(elf, shoff, shnum * SHDR_LEN)?;
-    let section = |i: usize| &sh[i * SHDR_LEN..(i + 1) * SHDR_LEN];
+    let section = |i: usize| sh.get(i * SHDR_LEN..(i + 1) * SHDR_LEN).unwrap_or_default();
     let strtab = section(shstrndx);
     let (str_off, str_size) = (u64_at(strtab, 0x18), u64_at(strtab, 0x20));
     if str_size > 1 << 20 {
@@ -211,6 +218,17 @@ pub(crate) mod tests {
     fn load(mem: &GuestMemoryMmap, elf: &[u8], paddr: u64) {
         mem.write_slice(&elf[0x1000..], GuestAddress(paddr))
             .unwrap();
+    }
+
+    #[test]
+    fn fields_beyond_the_buffer_read_zero() {
+        let b = [1u8, 2, 3, 4, 5];
+        assert_eq!(u16_at(&b, 3), 0x0504);
+        assert_eq!(u16_at(&b, 4), 0);
+        assert_eq!(u32_at(&b, 1), 0x0504_0302);
+        assert_eq!(u32_at(&b, 2), 0);
+        assert_eq!(u64_at(&b, 0), 0);
+        assert_eq!(u64_at(&b, usize::MAX), 0);
     }
 
     #[test]

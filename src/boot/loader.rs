@@ -77,21 +77,21 @@ enum Format {
 fn detect(file: &mut File) -> std::io::Result<Option<Format>> {
     let mut head = [0u8; 0x206];
     let mut n = 0;
-    while n < head.len() {
-        match file.read(&mut head[n..])? {
+    while let Some(rest) = head.get_mut(n..).filter(|r| !r.is_empty()) {
+        match file.read(rest)? {
             0 => break,
             k => n += k,
         }
     }
     file.seek(SeekFrom::Start(0))?;
-    Ok(format_of(&head[..n]))
+    Ok(format_of(head.get(..n).unwrap_or_default()))
 }
 
 fn format_of(head: &[u8]) -> Option<Format> {
     if head.starts_with(b"\x7fELF") {
         return Some(Format::Elf);
     }
-    if head.len() >= 0x206 && &head[0x202..0x206] == b"HdrS" {
+    if head.get(0x202..0x206) == Some(b"HdrS") {
         return Some(Format::BzImage);
     }
     None

@@ -102,7 +102,10 @@ pub fn config_table(cpus: u8) -> Result<Vec<u8>, Error> {
     put_u32(&mut table, LAPIC_ADDR as u32);
     put_u32(&mut table, 0); // extended table length, reserved
     table.extend_from_slice(&entries);
-    table[7] = checksum(&table);
+    let sum = checksum(&table);
+    if let Some(c) = table.get_mut(7) {
+        *c = sum;
+    }
     Ok(table)
 }
 

@@ -108,7 +108,9 @@ pub fn build_boot_params(info: &BootInfo) -> Result<boot_params, Error> {
     if map.len() > params.e820_table.len() {
         return Err(Error::TooManyE820(params.e820_table.len()));
     }
-    params.e820_table[..map.len()].copy_from_slice(&map);
+    for (slot, entry) in params.e820_table.iter_mut().zip(&map) {
+        *slot = *entry;
+    }
     params.e820_entries = map.len() as u8;
     Ok(params)
 }

@@ -1,6 +1,20 @@
 //! flint's configuration: the JSON file (Firecracker's key names), the command
 //! line flags that override it, and validation. Nothing here touches KVM.
 
+// The guest and input files reach this code: it must not panic.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented
+    )
+)]
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -425,7 +439,7 @@ pub fn validate_drives(drives: &[DriveConfig]) -> Result<(), Error> {
                 value: d.drive_id.clone(),
             });
         }
-        if drives[..i].iter().any(|o| o.drive_id == d.drive_id) {
+        if drives.iter().take(i).any(|o| o.drive_id == d.drive_id) {
             return Err(Error::DuplicateDrive(d.drive_id.clone()));
         }
         if d.is_root_device {
@@ -446,10 +460,14 @@ pub fn validate_nets(nets: &[NetConfig]) -> Result<(), Error> {
                 value: n.iface_id.clone(),
             });
         }
-        if nets[..i].iter().any(|o| o.iface_id == n.iface_id) {
+        if nets.iter().take(i).any(|o| o.iface_id == n.iface_id) {
             return Err(Error::DuplicateIface(n.iface_id.clone()));
         }
-        if nets[..i].iter().any(|o| o.host_dev_name == n.host_dev_name) {
+        if nets
+            .iter()
+            .take(i)
+            .any(|o| o.host_dev_name == n.host_dev_name)
+        {
             return Err(Error::DuplicateTap(n.host_dev_name.clone()));
         }
         // Checked here, with the rest of the configuration, so a typo is

@@ -81,13 +81,13 @@ pub fn emulate(bytes: &[u8], ctx: &mut Ctx) -> Result<Outcome, Error> {
             Outcome::Resume
         }
         Mnemonic::Popcnt | Mnemonic::Lzcnt | Mnemonic::Tzcnt => {
-            bit_count(&insn, ctx, &bytes[..insn.len().min(bytes.len())])?;
+            bit_count(&insn, ctx, bytes.get(..insn.len()).unwrap_or(bytes))?;
             Outcome::Resume
         }
         _ => {
             return Err(Error::Unsupported {
                 text: mnemonic_text(&insn),
-                bytes: bytes[..insn.len().min(bytes.len())].to_vec(),
+                bytes: bytes.get(..insn.len()).unwrap_or(bytes).to_vec(),
             })
         }
     };
@@ -98,24 +98,28 @@ pub fn emulate(bytes: &[u8], ctx: &mut Ctx) -> Result<Outcome, Error> {
 /// popcnt / lzcnt / tzcnt r, r/m (16, 32 or 64 bits).
 fn bit_count(insn: &Instruction, ctx: &mut Ctx, bytes: &[u8]) -> Result<(), Error> {
     let dst = insn.op0_register();
-    let bits = (dst.size() * 8) as u32;
+    let unsupported = || Error::Unsupported {
+        text: mnemonic_text(insn),
+        bytes: bytes.to_vec(),
+    };
+    // A 16-, 32- or 64-bit register: the shifts below rely on it.
+    let n = dst.size();
+    if !matches!(n, 2 | 4 | 8) {
+        return Err(unsupported());
+    }
+    let bits = (n * 8) as u32;
     let src = match insn.op1_kind() {
         OpKind::Register => get_reg(ctx.regs, insn.op1_register()),
         OpKind::Memory => {
             let addr = memory_address(insn, ctx);
             let mut buf = [0u8; 8];
-            let n = dst.size();
-            if !(ctx.read_mem)(addr, &mut buf[..n]) {
+            let dst_bytes = buf.get_mut(..n).ok_or_else(unsupported)?;
+            if !(ctx.read_mem)(addr, dst_bytes) {
                 return Err(Error::Memory(addr));
             }
             u64::from_le_bytes(buf)
         }
-        _ => {
-            return Err(Error::Unsupported {
-                text: mnemonic_text(insn),
-                bytes: bytes.to_vec(),
-            })
-        }
+        _ => return Err(unsupported()),
     };
     let src = if bits == 64 {
         src
@@ -396,5 +400,29 @@ mod tests {
         set_reg(&mut r, Register::EAX, 1);
         assert_eq!(r.rax, 1);
         assert_eq!(get_reg(&r, Register::AL), 1);
+    }
+
+    #[test]
+    fn bit_count_refuses_a_destination_it_cannot_size() {
+        // The decoder only gives popcnt a 16/32/64-bit register; a wider
+        // one used to overflow the mask shift.
+        let mut insn = Instruction::default();
+        insn.set_code(iced_x86::Code::Popcnt_r32_rm32);
+        insn.set_op0_kind(OpKind::Register);
+        insn.set_op0_register(Register::XMM0);
+        insn.set_op1_kind(OpKind::Register);
+        insn.set_op1_register(Register::EAX);
+        let mut regs = kvm_regs::default();
+        let mut read = |_: u64, _: &mut [u8]| false;
+        let mut ctx = Ctx {
+            regs: &mut regs,
+            fs_base: 0,
+            gs_base: 0,
+            read_mem: &mut read,
+        };
+        assert!(matches!(
+            bit_count(&insn, &mut ctx, &[0xf3, 0x0f, 0xb8, 0xc0]),
+            Err(Error::Unsupported { .. })
+        ));
     }
 }

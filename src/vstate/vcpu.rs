@@ -106,15 +106,15 @@ pub fn handle_exit(exit: VcpuExit, pio: &Bus, mmio: &Bus) -> Action {
 
 /// Write one 32-bit LAPIC register in a `kvm_lapic_state`.
 fn set_apic_reg(lapic: &mut kvm_lapic_state, offset: usize, value: u32) {
-    for (i, b) in value.to_le_bytes().iter().enumerate() {
-        lapic.regs[offset + i] = *b as std::os::raw::c_char;
+    for (r, b) in lapic.regs.iter_mut().skip(offset).zip(value.to_le_bytes()) {
+        *r = b as std::os::raw::c_char;
     }
 }
 
 fn get_apic_reg(lapic: &kvm_lapic_state, offset: usize) -> u32 {
     let mut b = [0u8; 4];
-    for (i, v) in b.iter_mut().enumerate() {
-        *v = lapic.regs[offset + i] as u8;
+    for (v, r) in b.iter_mut().zip(lapic.regs.iter().skip(offset)) {
+        *v = *r as u8;
     }
     u32::from_le_bytes(b)
 }
@@ -341,7 +341,7 @@ impl Vcpu {
             // SAFETY: the flag says the instruction-bytes member is valid.
             let insn = unsafe { ef.__bindgen_anon_1.__bindgen_anon_1 };
             let n = usize::from(insn.insn_size).min(15);
-            bytes.extend_from_slice(&insn.insn_bytes[..n]);
+            bytes.extend(insn.insn_bytes.iter().take(n));
         }
         let (mut regs, sregs) = match (self.fd.get_regs(), self.fd.get_sregs()) {
             (Ok(r), Ok(s)) => (r, s),
@@ -388,7 +388,7 @@ impl Vcpu {
         log::debug!(
             "vCPU {}: emulated {:02x?} at {:#x} ({outcome:?})",
             self.id,
-            &bytes[..bytes.len().min(4)],
+            bytes.get(..4).unwrap_or(&bytes),
             sregs.cs.base.wrapping_add(rip_before)
         );
         if let Err(e) = self.fd.set_regs(&regs) {
@@ -429,9 +429,12 @@ fn read_virt(fd: &VcpuFd, mem: &GuestMemoryMmap, gva: u64, buf: &mut [u8]) -> bo
         let Ok(t) = fd.translate_gva(addr) else {
             return false;
         };
+        let Some(dst) = buf.get_mut(done..done + n) else {
+            return false;
+        };
         if t.valid == 0
             || mem
-                .read_slice(&mut buf[done..done + n], GuestAddress(t.physical_address))
+                .read_slice(dst, GuestAddress(t.physical_address))
                 .is_err()
         {
             return false;

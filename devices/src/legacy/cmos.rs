@@ -117,7 +117,7 @@ impl Cmos {
             REG_STATUS_B => STATUS_B,
             REG_STATUS_C => 0,
             REG_STATUS_D => STATUS_D,
-            i => self.ram[usize::from(i & 0x7f)],
+            i => self.ram.get(usize::from(i & 0x7f)).copied().unwrap_or(0xff),
         }
     }
 }
@@ -138,7 +138,11 @@ impl BusDevice for Cmos {
             (0, [v]) => self.index = v & 0x7f,
             // The clock follows the host: writes to the time registers are
             // dropped, the rest is RAM.
-            (1, [v]) if self.index > REG_STATUS_D => self.ram[usize::from(self.index)] = *v,
+            (1, [v]) if self.index > REG_STATUS_D => {
+                if let Some(r) = self.ram.get_mut(usize::from(self.index)) {
+                    *r = *v;
+                }
+            }
             _ => {}
         }
     }

@@ -192,7 +192,10 @@ impl<W: Write + Send> SerialDevice<W> {
         if room == 0 {
             return Ok(0);
         }
-        match self.serial.enqueue_raw_bytes(&bytes[..room]) {
+        match self
+            .serial
+            .enqueue_raw_bytes(bytes.get(..room).unwrap_or(bytes))
+        {
             Ok(n) => {
                 bump(&self.metrics.rx_bytes, n as u64);
                 Ok(n)
@@ -221,9 +224,9 @@ impl<W: Write + Send> SerialDevice<W> {
 
 impl<W: Write + Send> BusDevice for SerialDevice<W> {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
-        match Self::register(offset, data.len()) {
-            Some(reg) => data[0] = self.serial.read(reg),
-            None => {
+        match (Self::register(offset, data.len()), &mut *data) {
+            (Some(reg), [b]) => *b = self.serial.read(reg),
+            _ => {
                 bump(&self.metrics.bad_accesses, 1);
                 debug!(
                     "serial: ignored {}-byte read at offset {offset}",
@@ -235,7 +238,7 @@ impl<W: Write + Send> BusDevice for SerialDevice<W> {
     }
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
-        let Some(reg) = Self::register(offset, data.len()) else {
+        let (Some(reg), &[v]) = (Self::register(offset, data.len()), data) else {
             bump(&self.metrics.bad_accesses, 1);
             debug!(
                 "serial: ignored {}-byte write at offset {offset}",
@@ -243,7 +246,7 @@ impl<W: Write + Send> BusDevice for SerialDevice<W> {
             );
             return;
         };
-        match self.serial.write(reg, data[0]) {
+        match self.serial.write(reg, v) {
             Ok(()) => self.out_failing = false,
             // vm-superio has already counted the byte as lost (tx_lost_byte)
             // and still raised THRE, so the guest moves on to the next byte.

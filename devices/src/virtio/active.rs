@@ -43,7 +43,10 @@ impl<const N: usize> ActiveQueues<N> {
     /// After adding used buffers to queue `index`: interrupt the driver if
     /// it wants to hear. Returns whether it was interrupted.
     pub fn notify(&mut self, index: usize, name: &str) -> bool {
-        notify_used(&mut self.queues[index], &self.mem, &self.interrupt, name)
+        match self.queues.get_mut(index) {
+            Some(q) => notify_used(q, &self.mem, &self.interrupt, name),
+            None => false,
+        }
     }
 }
 

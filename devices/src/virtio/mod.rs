@@ -215,9 +215,10 @@ pub fn read_config_bytes(image: &[u8], offset: u64, data: &mut [u8]) {
     let Ok(start) = usize::try_from(offset) else {
         return;
     };
-    if start < image.len() {
-        let n = data.len().min(image.len() - start);
-        data[..n].copy_from_slice(&image[start..start + n]);
+    if let Some(rest) = image.get(start..) {
+        for (d, s) in data.iter_mut().zip(rest) {
+            *d = *s;
+        }
     }
 }
 

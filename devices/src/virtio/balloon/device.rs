@@ -219,7 +219,9 @@ impl VirtioDevice for Balloon {
         for (i, &b) in data.iter().enumerate() {
             match (offset as usize).checked_add(i) {
                 Some(at) if (ACTUAL_OFFSET..CONFIG_LEN).contains(&at) => {
-                    self.actual[at - ACTUAL_OFFSET] = b;
+                    if let Some(a) = self.actual.get_mut(at - ACTUAL_OFFSET) {
+                        *a = b;
+                    }
                 }
                 _ => ignored += 1,
             }
@@ -263,7 +265,7 @@ impl VirtioDevice for Balloon {
         self.stats_head = None;
         // Let the event loop look at every queue once: the driver posts its
         // first statistics buffer (and maybe more) before DRIVER_OK.
-        for evt in &self.common.queue_events()[..want] {
+        for evt in self.common.queue_events().iter().take(want) {
             evt.write(1).map_err(ActivateError::Signal)?;
         }
         Ok(())

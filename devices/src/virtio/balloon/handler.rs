@@ -75,7 +75,7 @@ impl Balloon {
             if !ok {
                 counters.malformed_chains += 1;
             }
-            stats.update_from(&buf[..len]);
+            stats.update_from(buf.get(..len).unwrap_or_default());
             counters.stats_updates += 1;
             None
         });
@@ -162,8 +162,11 @@ fn gather(
         if desc.is_write_only() {
             return (len, false);
         }
-        let n = (desc.len() as usize).min(buf.len() - len);
-        if mem.read_slice(&mut buf[len..len + n], desc.addr()).is_err() {
+        let n = (desc.len() as usize).min(buf.len().saturating_sub(len));
+        let Some(dst) = buf.get_mut(len..len + n) else {
+            return (len, false);
+        };
+        if mem.read_slice(dst, desc.addr()).is_err() {
             return (len, false);
         }
         len += n;

@@ -38,9 +38,10 @@ pub(super) fn inflate(
         let n = (bytes.len() / PFN_SIZE).min(MAX_PFNS_PER_CHAIN - seen);
         seen += n;
         for (pfn, b) in pfns.iter_mut().zip(bytes.chunks_exact(PFN_SIZE).take(n)) {
-            *pfn = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            *pfn = b.first_chunk().map_or(0, |b| u32::from_le_bytes(*b));
         }
-        discard_pfns(&mut pfns[..n], mem, counters);
+        // `bytes` holds at most BATCH entries, so `n` <= BATCH.
+        discard_pfns(pfns.get_mut(..n).unwrap_or_default(), mem, counters);
         true
     });
     if cut {
@@ -94,15 +95,18 @@ fn for_each_batch(
         let mut off = 0;
         while off < whole {
             let n = (whole - off).min(buf.len());
+            let Some(chunk) = buf.get_mut(..n) else {
+                return;
+            };
             let read = desc
                 .addr()
                 .checked_add(off as u64)
-                .and_then(|at| mem.read_slice(&mut buf[..n], at).ok());
+                .and_then(|at| mem.read_slice(chunk, at).ok());
             if read.is_none() {
                 *malformed = true;
                 return;
             }
-            if !f(&buf[..n]) {
+            if !f(chunk) {
                 return;
             }
             off += n;

@@ -89,10 +89,13 @@ impl BalloonStats {
         bytes
             .chunks_exact(ENTRY_SIZE)
             .filter(|e| {
-                let tag = u16::from_le_bytes([e[0], e[1]]);
-                let mut val = [0u8; 8];
-                val.copy_from_slice(&e[2..]);
-                !self.update(tag, u64::from_le_bytes(val))
+                let Some((tag, val)) = e.split_first_chunk::<2>() else {
+                    return true;
+                };
+                let Some(val) = val.first_chunk::<8>() else {
+                    return true;
+                };
+                !self.update(u16::from_le_bytes(*tag), u64::from_le_bytes(*val))
             })
             .count()
     }

@@ -103,8 +103,9 @@ impl Block {
         config[SEG_MAX_OFFSET..SEG_MAX_OFFSET + 4].copy_from_slice(&seg_max.to_le_bytes());
 
         let mut id = [0u8; ID_BYTES];
-        let n = cfg.drive_id.len().min(ID_BYTES);
-        id[..n].copy_from_slice(&cfg.drive_id.as_bytes()[..n]);
+        for (d, s) in id.iter_mut().zip(cfg.drive_id.bytes()) {
+            *d = s;
+        }
 
         Ok(Self {
             engine: Engine::new(cfg.engine, file, &path, u32::from(QUEUE_SIZE)),

@@ -121,7 +121,7 @@ impl UringEngine {
 
     /// Queue the SQE for the request in `slot`.
     fn queue(&mut self, slot: usize) -> io::Result<()> {
-        let Some(inflight) = &self.slots[slot] else {
+        let Some(Some(inflight)) = self.slots.get(slot) else {
             return Err(io::Error::other("empty io_uring slot"));
         };
         let entry = self.sqe(&inflight.op, slot);
@@ -144,7 +144,11 @@ impl UringEngine {
             let result = Err(io::Error::other("too many requests in flight"));
             return done.push(Completion { pending, result });
         };
-        self.slots[slot] = Some(InFlight { pending, op });
+        let Some(entry) = self.slots.get_mut(slot) else {
+            let result = Err(io::Error::other("io_uring slot out of range"));
+            return done.push(Completion { pending, result });
+        };
+        *entry = Some(InFlight { pending, op });
         if let Err(e) = self.queue(slot) {
             self.finish(slot, Err(e), done);
         }
@@ -168,7 +172,7 @@ impl UringEngine {
     }
 
     fn finish(&mut self, slot: usize, result: io::Result<()>, done: &mut Vec<Completion>) {
-        if let Some(inflight) = self.slots[slot].take() {
+        if let Some(inflight) = self.slots.get_mut(slot).and_then(Option::take) {
             self.free.push(slot);
             done.push(Completion {
                 pending: inflight.pending,

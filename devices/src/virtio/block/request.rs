@@ -98,7 +98,7 @@ unsafe impl Send for IoVecs {}
 
 impl IoVecs {
     pub fn as_slice(&self) -> &[libc::iovec] {
-        &self.vecs[self.start..]
+        self.vecs.get(self.start..).unwrap_or_default()
     }
 
     /// Bytes still to transfer.
@@ -108,8 +108,10 @@ impl IoVecs {
 
     /// Skip `n` bytes that were transferred.
     pub fn advance(&mut self, mut n: usize) {
-        while n > 0 && self.start < self.vecs.len() {
-            let v = &mut self.vecs[self.start];
+        while n > 0 {
+            let Some(v) = self.vecs.get_mut(self.start) else {
+                return;
+            };
             if n < v.iov_len {
                 // Stays inside the guest buffer this iovec was built from.
                 v.iov_base = v.iov_base.wrapping_byte_add(n);
@@ -348,11 +350,14 @@ fn write_id(
     }
     let mut written = 0usize;
     for d in data {
-        let n = (d.len() as usize).min(ID_BYTES - written);
+        let Some(rest) = id.get(written..) else {
+            break;
+        };
+        let n = (d.len() as usize).min(rest.len());
         if n == 0 {
             continue;
         }
-        mem.write_slice(&id[written..written + n], d.addr())
+        mem.write_slice(rest.get(..n).unwrap_or_default(), d.addr())
             .map_err(|_| RequestError::DataOutsideMemory {
                 addr: d.addr().0,
                 len: d.len(),
@@ -361,4 +366,32 @@ fn write_id(
     }
     // At most ID_BYTES.
     Ok(written as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iovecs_advance_stops_at_the_end() {
+        let mut buf = [0u8; 16];
+        let base: *mut libc::c_void = buf.as_mut_ptr().cast();
+        let iov = |at: usize| libc::iovec {
+            iov_base: base.wrapping_byte_add(at),
+            iov_len: 8,
+        };
+        let mut v = IoVecs {
+            vecs: vec![iov(0), iov(8)],
+            start: 0,
+        };
+        v.advance(3);
+        assert_eq!(v.remaining(), 13);
+        v.advance(5);
+        assert_eq!(v.as_slice().len(), 1);
+        v.advance(100);
+        assert_eq!(v.remaining(), 0);
+        assert!(v.as_slice().is_empty());
+        v.advance(1);
+        assert!(v.as_slice().is_empty());
+    }
 }

@@ -337,6 +337,34 @@ fn get_id() {
 }
 
 #[test]
+fn get_id_split_over_descriptors() {
+    with_device(
+        "split-id",
+        |c| c.drive_id = "0123456789abcdefghijKLMN".into(),
+        |_, mem, vq, blk| {
+            mem.write_slice(&[0xaa; 0x300], GuestAddress(DATA)).unwrap();
+            let bufs = [
+                (DATA, 8, true),
+                (DATA + 0x100, 8, true),
+                (DATA + 0x200, 8, true),
+            ];
+            let st = request(mem, vq, 0, VIRTIO_BLK_T_GET_ID, 0, &bufs);
+            run(blk, vq, 1);
+            assert_eq!(status(mem, st), STATUS_OK);
+            assert_eq!(used(vq, 0), (0, 21));
+            let read = |at: u64| {
+                let mut b = [0u8; 8];
+                mem.read_slice(&mut b, GuestAddress(at)).unwrap();
+                b
+            };
+            assert_eq!(&read(DATA), b"01234567");
+            assert_eq!(&read(DATA + 0x100), b"89abcdef");
+            assert_eq!(&read(DATA + 0x200), b"ghij\xaa\xaa\xaa\xaa");
+        },
+    );
+}
+
+#[test]
 fn refused_requests_get_an_error_status() {
     let past_end = (IMAGE_SIZE / 512) as u64;
     let cases: Vec<(&str, u32, u64, Vec<Seg>, u8)> = vec![

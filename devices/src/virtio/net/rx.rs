@@ -228,8 +228,12 @@ impl RxPath {
             return self.drop_pending(counters, "needs more than 65535 buffers");
         };
         if self.hdr_len >= NUM_BUFFERS_OFFSET + 2 {
-            self.frame[NUM_BUFFERS_OFFSET..NUM_BUFFERS_OFFSET + 2]
-                .copy_from_slice(&num_buffers.to_le_bytes());
+            if let Some(field) = self
+                .frame
+                .get_mut(NUM_BUFFERS_OFFSET..NUM_BUFFERS_OFFSET + 2)
+            {
+                field.copy_from_slice(&num_buffers.to_le_bytes());
+            }
         }
 
         let mut off = 0;
@@ -245,9 +249,13 @@ impl RxPath {
                     break;
                 }
                 let n = seg_len.min(len - off);
+                // `off + n` <= `len`, the length of the frame in `frame`.
+                let Some(src) = self.frame.get(off..off + n) else {
+                    break;
+                };
                 // The range was checked when the chain was parsed and guest
                 // memory does not change under a running device.
-                if let Err(e) = mem.write_slice(&self.frame[off..off + n], addr) {
+                if let Err(e) = mem.write_slice(src, addr) {
                     log::error!("net: writing an RX buffer at {:#x} failed: {e}", addr.0);
                 }
                 off += n;

@@ -137,7 +137,9 @@ fn ifname(name: &str) -> Result<[u8; libc::IFNAMSIZ], Error> {
         return Err(bad("it may not contain '/', ':', NUL or whitespace"));
     }
     let mut out = [0u8; libc::IFNAMSIZ];
-    out[..name.len()].copy_from_slice(name.as_bytes());
+    for (o, b) in out.iter_mut().zip(name.bytes()) {
+        *o = b;
+    }
     Ok(out)
 }
 

@@ -88,7 +88,11 @@ impl TxPath {
                 .checked_add(desc.len() as usize)
                 .filter(|&end| end <= MAX_BUFFER_LEN)
                 .ok_or("frame larger than 65562 bytes")?;
-            mem.read_slice(&mut self.buf[len..end], desc.addr())
+            let dst = self
+                .buf
+                .get_mut(len..end)
+                .ok_or("frame larger than the TX buffer")?;
+            mem.read_slice(dst, desc.addr())
                 .map_err(|_| "buffer outside guest memory")?;
             len = end;
         }
@@ -99,7 +103,7 @@ impl TxPath {
     }
 
     fn send(&mut self, backend: &mut dyn NetBackend, len: usize, counters: &mut NetCounters) {
-        let frame = &self.buf[..len];
+        let frame = self.buf.get(..len).unwrap_or_default();
         let res = loop {
             match backend.write_frame(frame) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -61,7 +61,8 @@ impl Rng {
                     }
                 }
                 self.counters.requests += 1;
-                let written = match fill(&mut self.scratch[..len], &self.bufs, &act.mem) {
+                let scratch = self.scratch.get_mut(..len).ok_or_else(too_large);
+                let written = match scratch.and_then(|s| fill(s, &self.bufs, &act.mem)) {
                     Ok(()) => {
                         self.counters.bytes += len as u64;
                         len as u32
@@ -119,6 +120,12 @@ fn writable_buffers(
     Ok(total)
 }
 
+/// `writable_buffers` caps a request at the scratch buffer's size; this is
+/// the error should that ever not hold.
+fn too_large() -> io::Error {
+    io::Error::other("request larger than the scratch buffer")
+}
+
 /// Fill `scratch` from the host's entropy and copy it into `bufs`.
 fn fill(
     scratch: &mut [u8],
@@ -128,8 +135,8 @@ fn fill(
     getrandom(scratch)?;
     let mut off = 0;
     for &(addr, len) in bufs {
-        mem.write_slice(&scratch[off..off + len], addr)
-            .map_err(io::Error::other)?;
+        let src = scratch.get(off..off + len).ok_or_else(too_large)?;
+        mem.write_slice(src, addr).map_err(io::Error::other)?;
         off += len;
     }
     Ok(())
@@ -139,7 +146,9 @@ fn fill(
 pub(super) fn getrandom(buf: &mut [u8]) -> io::Result<()> {
     let mut done = 0;
     while done < buf.len() {
-        let rest = &mut buf[done..];
+        let Some(rest) = buf.get_mut(done..) else {
+            break;
+        };
         // SAFETY: `rest` is a live, exclusively borrowed byte slice; the
         // kernel writes at most `rest.len()` bytes at its start.
         let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };

@@ -276,7 +276,7 @@ impl Connection {
                 Err(_) => return Action::Remove { rst: true },
             }
         }
-        self.to_host.extend(&data[written..]);
+        self.to_host.extend(data.get(written..).unwrap_or_default());
         self.forwarded(written, counters);
         Action::Keep
     }
@@ -335,7 +335,10 @@ impl Connection {
         }
         if self.host_readable && self.can_read_host() {
             let n = buf.len().min(self.peer_free() as usize);
-            match self.stream.read(&mut buf[..n]) {
+            let Some(dst) = buf.get_mut(..n) else {
+                return Rx::Nothing;
+            };
+            match self.stream.read(dst) {
                 Ok(0) => {
                     self.host_readable = false;
                     self.host_eof = true;
@@ -382,8 +385,8 @@ impl Connection {
 /// Write what the non-blocking stream takes now; Ok(0) when it is full.
 fn write_nonblocking(stream: &mut UnixStream, data: &[u8]) -> io::Result<usize> {
     let mut done = 0;
-    while done < data.len() {
-        match stream.write(&data[done..]) {
+    while let Some(rest) = data.get(done..).filter(|r| !r.is_empty()) {
+        match stream.write(rest) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

@@ -231,12 +231,28 @@ impl Vsock {
                 },
             };
             // check_rx leaves room for at least one payload byte.
-            let room = (segs.capacity - HDR_LEN).min(MAX_PKT_LEN as usize);
-            let Some(hdr) = self.muxer.next_rx(&mut self.rx_payload[..room]) else {
+            let room = segs
+                .capacity
+                .saturating_sub(HDR_LEN)
+                .min(MAX_PKT_LEN as usize);
+            let buf = self.rx_payload.get_mut(..room).unwrap_or_default();
+            let Some(hdr) = self.muxer.next_rx(buf) else {
                 self.held_rx = Some(segs);
                 break;
             };
-            let payload = &self.rx_payload[..hdr.len as usize];
+            // next_rx writes at most `room` bytes and says how many in hdr.len;
+            // should that not hold, stop rather than hand the guest garbage.
+            let Some(payload) = self.rx_payload.get(..hdr.len as usize) else {
+                crate::rate_limited!(
+                    error,
+                    "vsock: an RX packet of {} bytes overruns its {room}-byte buffer",
+                    hdr.len
+                );
+                if let Err(e) = a.interrupt.signal_needs_reset() {
+                    crate::rate_limited!(error, "vsock: cannot signal the guest: {e}");
+                }
+                break;
+            };
             let len = packet::write_rx(&segs, &a.mem, &hdr, payload);
             if let Err(e) = a.queues[RX_INDEX].add_used(&a.mem, segs.head, len) {
                 crate::rate_limited!(error, "vsock: cannot return an RX chain: {e}");

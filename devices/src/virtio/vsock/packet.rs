@@ -44,13 +44,19 @@ pub struct Header {
 }
 
 fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    b.get(at..)
+        .and_then(<[u8]>::first_chunk)
+        .map_or(0, |c| u32::from_le_bytes(*c))
 }
 
 impl Header {
     pub fn from_bytes(b: &[u8; HDR_LEN]) -> Header {
         let le64 = |at: usize| u64::from(le32(b, at)) | (u64::from(le32(b, at + 4)) << 32);
-        let le16 = |at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+        let le16 = |at: usize| {
+            b.get(at..)
+                .and_then(<[u8]>::first_chunk)
+                .map_or(0, |c| u16::from_le_bytes(*c))
+        };
         Header {
             src_cid: le64(0),
             dst_cid: le64(8),
@@ -149,8 +155,13 @@ impl Segments {
             }
             let n = (len - skip).min(out.len() - done);
             // `skip` < `len`, and the range was checked in `collect`.
-            let at = GuestAddress(addr.0 + skip as u64);
-            if mem.read_slice(&mut out[done..done + n], at).is_err() {
+            let (Some(at), Some(dst)) = (
+                addr.0.checked_add(skip as u64).map(GuestAddress),
+                out.get_mut(done..done + n),
+            ) else {
+                return false;
+            };
+            if mem.read_slice(dst, at).is_err() {
                 return false;
             }
             done += n;
@@ -173,13 +184,19 @@ impl Segments {
                     None => return written,
                 };
                 let n = room.min(part.len() - off);
-                if mem.write_slice(&part[off..off + n], addr).is_err() {
+                let Some(src) = part.get(off..off + n) else {
+                    return written;
+                };
+                if mem.write_slice(src, addr).is_err() {
                     return written;
                 }
                 off += n;
                 written += n;
                 if n < room {
-                    cur = Some((GuestAddress(addr.0 + n as u64), room - n));
+                    let Some(next) = addr.0.checked_add(n as u64) else {
+                        return written;
+                    };
+                    cur = Some((GuestAddress(next), room - n));
                 }
             }
         }
