@@ -18,6 +18,7 @@ pub mod logger;
 pub mod memory;
 pub mod metrics;
 pub mod seccomp;
+pub mod snapshot;
 pub mod teardown;
 pub mod terminal;
 pub mod timer;
