@@ -113,6 +113,8 @@ impl Header {
 
 /// The CPU vendor string (CPUID leaf 0), e.g. "GenuineIntel".
 pub fn cpu_vendor() -> String {
+    // `__cpuid` is safe from Rust 1.87 on, unsafe in the 1.85 flint supports.
+    #[allow(unused_unsafe)]
     // SAFETY: CPUID leaf 0 exists on every x86_64 CPU and has no side effects.
     let r = unsafe { std::arch::x86_64::__cpuid(0) };
     let mut v = Vec::with_capacity(12);
