@@ -15,6 +15,7 @@
 )]
 
 pub mod emulate;
+pub mod state;
 pub mod vcpu;
 pub mod vcpu_control;
 pub mod vm;
