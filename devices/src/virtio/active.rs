@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::{check_queues, notify_used, ActivateError, Interrupt};
@@ -38,6 +38,11 @@ impl<const N: usize> ActiveQueues<N> {
             interrupt,
             queues,
         })
+    }
+
+    /// The queues' state, for a snapshot.
+    pub fn queue_states(&self) -> Vec<QueueState> {
+        self.queues.iter().map(|q| q.state()).collect()
     }
 
     /// After adding used buffers to queue `index`: interrupt the driver if

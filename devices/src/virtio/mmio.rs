@@ -24,6 +24,9 @@ use super::{
 };
 use crate::bus::{lock, BusDevice};
 
+mod state;
+pub use state::MmioState;
+
 /// Size of one device's MMIO window.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
 

@@ -14,6 +14,7 @@ pub mod common;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+pub mod state;
 pub mod timer;
 pub mod vsock;
 
@@ -23,11 +24,12 @@ pub(crate) mod testing;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use common::VirtioCommon;
+pub use state::{DeviceState, QueueSnapshot, StateError};
 
 /// virtio device IDs (virtio 1.2, section 5).
 pub const TYPE_NET: u32 = 1;
@@ -110,6 +112,18 @@ impl Interrupt {
         self.needs_reset.store(false, Ordering::SeqCst);
     }
 
+    /// Put back InterruptStatus and the reset request of a saved device.
+    /// Pending bits raise the line again: the guest may not have seen them,
+    /// and a spurious interrupt costs less than a lost one.
+    pub fn restore(&self, status: u32, needs_reset: bool) -> io::Result<()> {
+        self.status.store(status, Ordering::SeqCst);
+        self.needs_reset.store(needs_reset, Ordering::SeqCst);
+        if status != 0 {
+            self.evt.write(1)?;
+        }
+        Ok(())
+    }
+
     /// The EventFd to register as an irqfd.
     pub fn eventfd(&self) -> &EventFd {
         &self.evt
@@ -164,6 +178,38 @@ pub trait VirtioDevice: Send {
     /// The driver wrote 0 to Status: drop the queues and go back to the
     /// state before activation.
     fn reset(&mut self);
+
+    /// The queues the device got at activation, as they stand now (empty
+    /// before activation). A chain the device took from the available ring
+    /// and holds unanswered is counted back into the ring: `next_avail`
+    /// points at it, so a restored device takes it again. A device that
+    /// keeps queues must override this; the transport saves its own copies
+    /// otherwise, whose positions stop at activation.
+    fn queue_states(&self) -> Vec<QueueState> {
+        Vec::new()
+    }
+
+    /// Called with the vCPUs paused, before the state is taken: finish
+    /// whatever the device has started on the guest's behalf (host I/O in
+    /// flight) so the used ring agrees with `queue_states`.
+    fn prepare_save(&mut self) -> Result<(), StateError> {
+        Ok(())
+    }
+
+    /// The device's own state, beyond what the transport holds.
+    fn save_state(&self) -> DeviceState {
+        DeviceState::None
+    }
+
+    /// Put back what `save_state` gave, on a device built from the same
+    /// configuration and not yet activated: the transport calls this before
+    /// it activates the device again. On error nothing has changed.
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), StateError> {
+        match state {
+            DeviceState::None => Ok(()),
+            other => Err(other.wrong_device("stateless")),
+        }
+    }
 }
 
 /// Check that every queue the driver set up lies in guest memory; the

@@ -209,3 +209,55 @@ impl<T: MutEventSubscriber> Loop<T> {
         self.dev.lock().unwrap()
     }
 }
+
+/// A driver's bring-up through the transport's registers: accept every
+/// offered feature, lay out `queues` (their size and addresses) and set
+/// DRIVER_OK.
+pub(crate) fn bring_up(t: &mut super::mmio::MmioTransport, queues: &[Queue]) {
+    use super::mmio::*;
+    use crate::bus::BusDevice;
+    use virtio_queue::QueueT;
+    let features = {
+        let mut d = [0u8; 4];
+        let mut f = 0u64;
+        for sel in 0..2u32 {
+            t.write(0, DEVICE_FEATURES_SEL, &sel.to_le_bytes());
+            t.read(0, DEVICE_FEATURES, &mut d);
+            f |= u64::from(u32::from_le_bytes(d)) << (32 * sel);
+        }
+        f
+    };
+    let mut wr = |offset: u64, v: u32| t.write(0, offset, &v.to_le_bytes());
+    wr(STATUS, STATUS_ACKNOWLEDGE);
+    wr(STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    for sel in 0..2u32 {
+        wr(DRIVER_FEATURES_SEL, sel);
+        wr(DRIVER_FEATURES, (features >> (32 * sel)) as u32);
+    }
+    let ok = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
+    wr(STATUS, ok);
+    for (i, q) in queues.iter().enumerate() {
+        wr(QUEUE_SEL, i as u32);
+        wr(QUEUE_NUM, u32::from(q.size()));
+        for (low, addr) in [
+            (QUEUE_DESC_LOW, q.desc_table()),
+            (QUEUE_DRIVER_LOW, q.avail_ring()),
+            (QUEUE_DEVICE_LOW, q.used_ring()),
+        ] {
+            wr(low, addr as u32);
+            wr(low + 4, (addr >> 32) as u32);
+        }
+        wr(QUEUE_READY, 1);
+    }
+    wr(STATUS, ok | STATUS_DRIVER_OK);
+    assert_eq!(
+        t.status(),
+        ok | STATUS_DRIVER_OK,
+        "the device did not start"
+    );
+}
+
+/// `state` through JSON and back, as a snapshot file carries it.
+pub(crate) fn through_json<T: serde::Serialize + serde::de::DeserializeOwned>(state: &T) -> T {
+    serde_json::from_str(&serde_json::to_string(state).unwrap()).unwrap()
+}

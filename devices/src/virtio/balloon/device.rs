@@ -11,15 +11,17 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::{
-    BalloonConfig, BalloonCounters, BalloonStats, Error, DEFLATE_INDEX, INFLATE_INDEX,
-    MAX_AMOUNT_MIB, PAGES_PER_MIB, QUEUE_SIZE, STATS_INDEX, VIRTIO_BALLOON_F_DEFLATE_ON_OOM,
-    VIRTIO_BALLOON_F_STATS_VQ,
+    BalloonConfig, BalloonCounters, BalloonState, BalloonStats, Error, DEFLATE_INDEX,
+    INFLATE_INDEX, MAX_AMOUNT_MIB, PAGES_PER_MIB, QUEUE_SIZE, STATS_INDEX,
+    VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_STATS_VQ,
 };
 use crate::virtio::active::ActiveQueues;
 use crate::virtio::{
     check_queues, read_config_bytes, timer, ActivateError, Interrupt, VirtioCommon, VirtioDevice,
     INT_CONFIG, TYPE_BALLOON, VIRTIO_F_VERSION_1,
 };
+use crate::virtio::{DeviceState, StateError};
+use virtio_queue::QueueState;
 
 /// Config space: le32 num_pages, le32 actual. The later fields belong to
 /// features this device does not offer; reads there are zeros.
@@ -280,6 +282,66 @@ impl VirtioDevice for Balloon {
         if let Err(e) = timer::disarm(&mut self.stats_timer) {
             log::warn!("balloon: cannot disarm the statistics timer: {e}");
         }
+    }
+
+    fn queue_states(&self) -> Vec<QueueState> {
+        let Some(act) = &self.active else {
+            return Vec::new();
+        };
+        let mut states = act.q.queue_states();
+        if let Some(q) = &act.stats {
+            let mut s = q.state();
+            // The statistics buffer the device holds goes back to the ring:
+            // the restored device takes it again at activation.
+            if self.stats_head.is_some() {
+                s.next_avail = s.next_avail.wrapping_sub(1);
+            }
+            states.push(s);
+        }
+        states
+    }
+
+    fn save_state(&self) -> DeviceState {
+        DeviceState::Balloon(Box::new(BalloonState {
+            amount_mib: self.cfg.amount_mib,
+            deflate_on_oom: self.cfg.deflate_on_oom,
+            stats_polling_interval_s: self.cfg.stats_polling_interval_s,
+            actual_pages: self.actual_pages(),
+            stats: self.stats,
+            counters: self.counters,
+        }))
+    }
+
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), StateError> {
+        let DeviceState::Balloon(s) = state else {
+            return Err(state.wrong_device("balloon"));
+        };
+        let here = self.cfg;
+        if s.deflate_on_oom != here.deflate_on_oom {
+            return Err(StateError::Mismatch {
+                what: "deflate-on-OOM setting",
+                saved: s.deflate_on_oom.to_string(),
+                here: here.deflate_on_oom.to_string(),
+            });
+        }
+        if (s.stats_polling_interval_s == 0) != (here.stats_polling_interval_s == 0) {
+            return Err(StateError::Mismatch {
+                what: "statistics polling interval (seconds)",
+                saved: s.stats_polling_interval_s.to_string(),
+                here: here.stats_polling_interval_s.to_string(),
+            });
+        }
+        if s.amount_mib > MAX_AMOUNT_MIB {
+            return Err(StateError::Device(
+                Error::TooLarge(s.amount_mib).to_string(),
+            ));
+        }
+        self.cfg.amount_mib = s.amount_mib;
+        self.cfg.stats_polling_interval_s = s.stats_polling_interval_s;
+        self.actual = s.actual_pages.to_le_bytes();
+        self.stats = s.stats;
+        self.counters = s.counters;
+        Ok(())
     }
 }
 

@@ -58,6 +58,24 @@ pub struct BalloonConfig {
     pub stats_polling_interval_s: u16,
 }
 
+/// A balloon's own state: the host's target, what the guest reported, and
+/// the statistics settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BalloonState {
+    /// The target (config `num_pages` / 256).
+    pub amount_mib: u32,
+    /// Restore refuses a device built otherwise (the feature differs).
+    pub deflate_on_oom: bool,
+    /// Seconds between polls; restore refuses a device where statistics are
+    /// on and off the other way (the queue count differs).
+    pub stats_polling_interval_s: u16,
+    /// Config `actual`, as the driver last wrote it (4 KiB pages).
+    pub actual_pages: u32,
+    /// The guest's latest statistics.
+    pub stats: BalloonStats,
+    pub counters: BalloonCounters,
+}
+
 /// Why a balloon could not be built or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -83,7 +101,7 @@ pub enum Error {
 }
 
 /// What the device has done since it was built (resets keep the counts).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BalloonCounters {
     /// Chains taken from the inflate queue.
     pub inflate_requests: u64,

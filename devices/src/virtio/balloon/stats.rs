@@ -25,7 +25,7 @@ pub const ENTRY_SIZE: usize = 10;
 /// The balloon's size and the guest's latest statistics, as Firecracker's
 /// `GET /balloon/statistics` shows them. Memory amounts are in bytes,
 /// events are counts; `None` until the driver has reported that one.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BalloonStats {
     /// The target, in 4 KiB pages and in MiB.
     pub target_pages: u32,

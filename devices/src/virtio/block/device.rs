@@ -20,13 +20,16 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::engine::{Completion, Engine};
 use super::request::Disk;
 use super::{
-    BlockConfig, BlockCounters, BlockError, EngineType, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE,
+    BlockConfig, BlockCounters, BlockError, BlockState, EngineType, ID_BYTES, QUEUE_SIZE,
+    SECTOR_SIZE,
 };
 use crate::virtio::active::ActiveQueues;
 use crate::virtio::{
     read_config_bytes, ActivateError, Interrupt, VirtioCommon, VirtioDevice, TYPE_BLOCK,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
+use crate::virtio::{DeviceState, StateError};
+use virtio_queue::QueueState;
 
 const CAPACITY_OFFSET: usize = offset_of!(virtio_blk_config, capacity);
 const SEG_MAX_OFFSET: usize = offset_of!(virtio_blk_config, seg_max);
@@ -334,6 +337,72 @@ impl VirtioDevice for Block {
         self.common.clear_acked();
         self.stalled = false;
         self.broken = false;
+    }
+
+    fn queue_states(&self) -> Vec<QueueState> {
+        self.active
+            .as_ref()
+            .map_or_else(Vec::new, Active::queue_states)
+    }
+
+    /// Wait for the requests handed to the host and answer them in the used
+    /// ring; requests still in the available ring stay there (the restored
+    /// device takes them from `next_avail`).
+    fn prepare_save(&mut self) -> Result<(), StateError> {
+        if !self.engine.finish_in_flight(&mut self.done) {
+            return Err(StateError::Device(
+                BlockError::Busy {
+                    path: self.path.clone(),
+                }
+                .to_string(),
+            ));
+        }
+        self.answer_completions();
+        if self.stalled {
+            // The queue was left for completions to resume, and none are
+            // left: have the event loop look at it when the VM runs on.
+            self.stalled = false;
+            if let Err(e) = self.queue_event().write(1) {
+                error!("disk {}: cannot resume the queue: {e}", self.path.display());
+            }
+        }
+        Ok(())
+    }
+
+    fn save_state(&self) -> DeviceState {
+        DeviceState::Block(BlockState {
+            drive_id: self.drive_id.clone(),
+            read_only: self.disk.read_only,
+            capacity: self.capacity(),
+            counters: self.counters,
+        })
+    }
+
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), StateError> {
+        let DeviceState::Block(s) = state else {
+            return Err(state.wrong_device("block"));
+        };
+        let mismatch =
+            |what, saved: String, here: String| Err(StateError::Mismatch { what, saved, here });
+        if s.read_only != self.disk.read_only {
+            return mismatch(
+                "read-only flag",
+                s.read_only.to_string(),
+                self.disk.read_only.to_string(),
+            );
+        }
+        if s.drive_id != self.drive_id {
+            return mismatch("drive ID", s.drive_id.clone(), self.drive_id.clone());
+        }
+        if s.capacity != self.capacity() {
+            return mismatch(
+                "disk size in sectors",
+                s.capacity.to_string(),
+                format!("{} ({})", self.capacity(), self.path.display()),
+            );
+        }
+        self.counters = s.counters;
+        Ok(())
     }
 }
 

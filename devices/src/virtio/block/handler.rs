@@ -124,16 +124,22 @@ impl Block {
 
     /// Answer requests the engine has finished.
     pub(super) fn process_completions(&mut self) {
+        if self.answer_completions() && self.stalled {
+            self.process_queue();
+        }
+    }
+
+    /// Answer requests the engine has finished without taking new ones;
+    /// false if the device is not active (they are dropped then).
+    pub(super) fn answer_completions(&mut self) -> bool {
         self.engine.reap(&mut self.done);
         let Some(act) = self.active.as_mut() else {
             self.done.clear();
-            return;
+            return false;
         };
         let added = complete(act, &mut self.done, &mut self.counters);
         signal(act, added, &mut self.counters);
-        if self.stalled {
-            self.process_queue();
-        }
+        true
     }
 }
 

@@ -92,7 +92,7 @@ pub enum BlockError {
 }
 
 /// What the device has done since it was built, for the VMM to print.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BlockCounters {
     /// Descriptor chains taken from the queue.
     pub requests: u64,
@@ -110,6 +110,20 @@ pub struct BlockCounters {
     pub broken_chains: u64,
     /// Interrupts raised towards the guest.
     pub interrupts: u64,
+}
+
+/// A block device's own state. The image itself is not part of it: the
+/// VMM builds the device again on the same file (same size, same mode)
+/// and its contents are whatever the host has there.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlockState {
+    /// The GET_ID answer.
+    pub drive_id: String,
+    pub read_only: bool,
+    /// Size in 512-byte sectors when the state was taken; restore refuses
+    /// an image of another size.
+    pub capacity: u64,
+    pub counters: BlockCounters,
 }
 
 impl std::fmt::Display for BlockCounters {

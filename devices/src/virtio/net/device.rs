@@ -17,6 +17,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::rx::RxPath;
 use super::tap::{NetBackend, Tap};
 use super::tx::TxPath;
+use super::NetState;
 use super::{
     generate_mac, tap_offload_flags, validate_mac, Error, NetConfig, NetCounters, MIN_MTU,
     QUEUE_SIZE, RX_INDEX, TX_INDEX, VNET_HDR_LEN, VNET_HDR_LEN_LEGACY,
@@ -26,6 +27,8 @@ use crate::virtio::{
     read_config_bytes, ActivateError, Interrupt, VirtioCommon, VirtioDevice, TYPE_NET,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
+use crate::virtio::{DeviceState, StateError};
+use virtio_queue::QueueState;
 
 /// `struct virtio_net_config` up to `mtu`: mac[6], status, max_virtqueue_pairs, mtu.
 const CONFIG_LEN: usize = 12;
@@ -303,6 +306,65 @@ impl VirtioDevice for Net {
             // The loop still stops polling the backend at its next event.
             log::warn!("net {}: cannot signal the reset: {e}", self.iface_id);
         }
+    }
+
+    fn queue_states(&self) -> Vec<QueueState> {
+        let Some(a) = &self.active else {
+            return Vec::new();
+        };
+        let mut states = a.queue_states();
+        // RX chains reserved for a frame go back to the ring; the frame is
+        // dropped with the snapshot. Should a malformed chain have been
+        // answered after them, rewinding would answer it twice: the guest
+        // loses those buffers instead.
+        if let Some(rx) = states.get_mut(RX_INDEX) {
+            match self.rx.held_chains() {
+                Some(n) => rx.next_avail = rx.next_avail.wrapping_sub(n),
+                None => log::warn!(
+                    "net {}: RX buffers held for a frame are lost to the snapshot",
+                    self.iface_id
+                ),
+            }
+        }
+        states
+    }
+
+    fn save_state(&self) -> DeviceState {
+        DeviceState::Net(NetState {
+            iface_id: self.iface_id.clone(),
+            mac: self.mac,
+            mtu: self.mtu(),
+            counters: self.counters,
+        })
+    }
+
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), StateError> {
+        let DeviceState::Net(s) = state else {
+            return Err(state.wrong_device("net"));
+        };
+        if s.mtu != self.mtu() {
+            return Err(StateError::Mismatch {
+                what: "MTU",
+                saved: format!("{:?}", s.mtu),
+                here: format!("{:?}", self.mtu()),
+            });
+        }
+        validate_mac(s.mac).map_err(|e| StateError::Device(e.to_string()))?;
+        self.mac = s.mac;
+        if let Some(m) = self.config.get_mut(0..6) {
+            m.copy_from_slice(&s.mac);
+        }
+        self.counters = s.counters;
+        Ok(())
+    }
+}
+
+impl Net {
+    /// The MTU advertised to the guest, if any.
+    fn mtu(&self) -> Option<u16> {
+        let offered = self.common.avail_features() & (1 << VIRTIO_NET_F_MTU) != 0;
+        let bytes = <[u8; 2]>::try_from(self.config.get(10..12)?).ok()?;
+        offered.then(|| u16::from_le_bytes(bytes))
     }
 }
 

@@ -122,9 +122,24 @@ pub struct NetConfig {
     pub mtu: Option<u16>,
 }
 
+/// A network device's own state. Frames in flight are not part of it: a
+/// frame read from the TAP and waiting for guest buffers is dropped (the
+/// RX chains reserved for it go back to the ring), as a network may drop
+/// any frame. The VMM opens the TAP again for the restored device.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetState {
+    /// The interface's name in the VM config (for the VMM; not checked).
+    pub iface_id: String,
+    /// The MAC the guest saw; the restored device shows the same.
+    pub mac: [u8; 6],
+    /// The MTU advertised; restore refuses a device built with another.
+    pub mtu: Option<u16>,
+    pub counters: NetCounters,
+}
+
 /// Frame counters of one device. Bytes count Ethernet frames, without the
 /// vnet header.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetCounters {
     /// Frames delivered to the guest.
     pub rx_frames: u64,

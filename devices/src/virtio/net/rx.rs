@@ -53,6 +53,9 @@ pub(super) struct RxPath {
     reserved: VecDeque<RxBuf>,
     reserved_capacity: usize,
     reserved_descs: usize,
+    /// A chain popped after those in `reserved` was answered at once
+    /// (malformed), so `reserved` is not the ring's last entries.
+    reserved_gap: bool,
     /// vnet header length the driver negotiated.
     pub(super) hdr_len: usize,
     pub(super) mrg_rxbuf: bool,
@@ -68,6 +71,7 @@ impl RxPath {
             reserved: VecDeque::new(),
             reserved_capacity: 0,
             reserved_descs: 0,
+            reserved_gap: false,
             hdr_len: VNET_HDR_LEN,
             mrg_rxbuf: false,
             failed: false,
@@ -81,6 +85,17 @@ impl RxPath {
         self.reserved.clear();
         self.reserved_capacity = 0;
         self.reserved_descs = 0;
+        self.reserved_gap = false;
+    }
+
+    /// How many chains at the end of the available ring's taken part are
+    /// held unanswered, for a snapshot to count them back into the ring;
+    /// `None` when they are not the last ones taken.
+    pub(super) fn held_chains(&self) -> Option<u16> {
+        if self.reserved_gap {
+            return None;
+        }
+        u16::try_from(self.reserved.len()).ok()
     }
 
     /// Whether the backend should be polled: not while a frame waits for
@@ -182,6 +197,7 @@ impl RxPath {
                             self.reserved.push_back(buf);
                         }
                         Err((head, reason)) => {
+                            self.reserved_gap |= !self.reserved.is_empty();
                             counters.rx_malformed += 1;
                             log_rate_limited(
                                 counters.rx_malformed,
@@ -243,6 +259,9 @@ impl RxPath {
             };
             self.reserved_capacity -= buf.capacity;
             self.reserved_descs -= buf.descs;
+            if self.reserved.is_empty() {
+                self.reserved_gap = false;
+            }
             let mut written = 0usize;
             for &(addr, seg_len) in &buf.segs {
                 if off >= len {

@@ -9,6 +9,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
+use super::RngState;
 use super::{Error, RngConfig, RngCounters, MAX_REQUEST_BYTES, QUEUE_SIZE};
 use crate::rate_limiter::TokenBucket;
 use crate::virtio::active::ActiveQueues;
@@ -16,6 +17,8 @@ use crate::virtio::{
     timer, ActivateError, Interrupt, VirtioCommon, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
 };
+use crate::virtio::{DeviceState, StateError};
+use virtio_queue::QueueState;
 
 // Event loop tokens.
 const QUEUE_TOKEN: u32 = 0;
@@ -174,6 +177,30 @@ impl VirtioDevice for Rng {
         self.active = None;
         self.common.clear_acked();
         self.stop_throttling();
+    }
+
+    fn queue_states(&self) -> Vec<QueueState> {
+        // A request put back for the rate limiter is already counted back
+        // into the ring (`go_to_previous_position`).
+        self.active
+            .as_ref()
+            .map_or_else(Vec::new, Active::queue_states)
+    }
+
+    fn save_state(&self) -> DeviceState {
+        DeviceState::Rng(RngState {
+            counters: self.counters,
+        })
+    }
+
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), StateError> {
+        match state {
+            DeviceState::Rng(s) => {
+                self.counters = s.counters;
+                Ok(())
+            }
+            other => Err(other.wrong_device("rng")),
+        }
     }
 }
 

@@ -43,7 +43,7 @@ pub enum Error {
 }
 
 /// What the device has done since it was built (resets keep the counts).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RngCounters {
     /// Descriptor chains taken from the queue, answered or refused.
     pub requests: u64,
@@ -54,6 +54,13 @@ pub struct RngCounters {
     pub errors: u64,
     /// Times the rate limiter stopped the queue until its bucket refilled.
     pub throttled: u64,
+}
+
+/// An entropy device's own state: only its counters. The rate limiter's
+/// budget starts full again after a restore.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RngState {
+    pub counters: RngCounters,
 }
 
 impl std::fmt::Display for RngCounters {

@@ -13,14 +13,17 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::muxer::{Muxer, FIRST_STREAM_TOKEN};
 use super::packet::{self, Segments};
 use super::{
-    Error, VsockConfig, VsockCounters, EVENT_INDEX, HDR_LEN, MAX_PKT_LEN, QUEUE_SIZE, RX_INDEX,
-    TX_INDEX,
+    Error, VsockConfig, VsockCounters, VsockState, EVENT_INDEX, EVENT_TRANSPORT_RESET, HDR_LEN,
+    MAX_PKT_LEN, QUEUE_SIZE, RX_INDEX, TX_INDEX,
 };
 use crate::virtio::active::ActiveQueues;
 use crate::virtio::{
     read_config_bytes, ActivateError, Interrupt, VirtioCommon, VirtioDevice, TYPE_VSOCK,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
+use crate::virtio::{DeviceState, StateError};
+use virtio_queue::QueueState;
+use vm_memory::Bytes;
 
 // Event loop tokens; host streams use FIRST_STREAM_TOKEN and up.
 const TOKEN_RX_QUEUE: u32 = 0;
@@ -57,6 +60,9 @@ pub struct Vsock {
     tx_payload: Vec<u8>,
     /// Payload of the RX packet being built.
     rx_payload: Vec<u8>,
+    /// The device was restored from a snapshot: the guest must hear of the
+    /// transport reset once the event queue has a buffer.
+    reset_event_pending: bool,
 }
 
 impl std::fmt::Debug for Vsock {
@@ -93,6 +99,7 @@ impl Vsock {
             held_rx: None,
             tx_payload: Vec::with_capacity(MAX_PKT_LEN as usize),
             rx_payload: vec![0; MAX_PKT_LEN as usize],
+            reset_event_pending: false,
         })
     }
 
@@ -268,6 +275,45 @@ impl Vsock {
         }
     }
 
+    /// Tell the guest its connections are gone (after a restore): put a
+    /// TRANSPORT_RESET event in the first event queue buffer. Without a
+    /// buffer the event waits for the driver to post one.
+    fn send_reset_event(&mut self) {
+        let Some(a) = self.active.as_mut().filter(|_| self.reset_event_pending) else {
+            return;
+        };
+        let queue = &mut a.queues[EVENT_INDEX];
+        let Some(chain) = queue.pop_descriptor_chain(&a.mem) else {
+            log::warn!("vsock: no event buffer for the transport reset yet");
+            return;
+        };
+        let head = chain.head_index();
+        let event = EVENT_TRANSPORT_RESET.to_le_bytes();
+        let len = match chain.clone().next() {
+            Some(d) if d.is_write_only() && d.len() as usize >= event.len() => {
+                match a.mem.write_slice(&event, d.addr()) {
+                    Ok(()) => event.len() as u32,
+                    Err(e) => {
+                        crate::rate_limited!(error, "vsock: cannot write an event: {e}");
+                        0
+                    }
+                }
+            }
+            _ => {
+                self.muxer.counters.protocol_errors += 1;
+                crate::rate_limited!(warn, "vsock: an event buffer too small or not writable");
+                0
+            }
+        };
+        if let Err(e) = queue.add_used(&a.mem, head, len) {
+            crate::rate_limited!(error, "vsock: cannot return an event buffer: {e}");
+        }
+        if len > 0 {
+            self.reset_event_pending = false;
+        }
+        a.notify(EVENT_INDEX, "vsock event queue");
+    }
+
     fn drain(evt: &EventFd, what: &str) {
         if let Err(e) = evt.read() {
             if e.kind() != io::ErrorKind::WouldBlock {
@@ -308,6 +354,7 @@ impl VirtioDevice for Vsock {
         self.active = Some(active);
         self.held_rx = None;
         self.muxer.set_active();
+        self.send_reset_event();
         self.activate_evt.write(1).map_err(ActivateError::Signal)
     }
 
@@ -320,6 +367,44 @@ impl VirtioDevice for Vsock {
             // The streams are shut down already; they close at the next event.
             log::warn!("vsock: cannot signal the reset: {e}");
         }
+    }
+
+    fn queue_states(&self) -> Vec<QueueState> {
+        let Some(a) = &self.active else {
+            return Vec::new();
+        };
+        let mut states = a.queue_states();
+        // The RX chain held for the next packet is the last one taken; it
+        // goes back to the ring.
+        if let Some(rx) = states.get_mut(RX_INDEX).filter(|_| self.held_rx.is_some()) {
+            rx.next_avail = rx.next_avail.wrapping_sub(1);
+        }
+        states
+    }
+
+    fn save_state(&self) -> DeviceState {
+        DeviceState::Vsock(VsockState {
+            guest_cid: self.guest_cid(),
+            counters: self.muxer.counters,
+        })
+    }
+
+    /// The restored device starts without connections and, once activated,
+    /// sends the guest a TRANSPORT_RESET event so it drops its own.
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), StateError> {
+        let DeviceState::Vsock(s) = state else {
+            return Err(state.wrong_device("vsock"));
+        };
+        if s.guest_cid != self.guest_cid() {
+            return Err(StateError::Mismatch {
+                what: "guest CID",
+                saved: s.guest_cid.to_string(),
+                here: self.guest_cid().to_string(),
+            });
+        }
+        self.muxer.counters = s.counters;
+        self.reset_event_pending = true;
+        Ok(())
     }
 }
 
@@ -355,9 +440,12 @@ impl MutEventSubscriber for Vsock {
                 Self::drain(self.common.queue_event(TX_INDEX), "TX queue");
                 self.process_tx();
             }
-            // The event queue only holds buffers for events this device
-            // never sends (TRANSPORT_RESET is for migration).
-            TOKEN_EVENT_QUEUE => Self::drain(self.common.queue_event(EVENT_INDEX), "event queue"),
+            // The event queue only holds buffers for TRANSPORT_RESET, sent
+            // once after a restore.
+            TOKEN_EVENT_QUEUE => {
+                Self::drain(self.common.queue_event(EVENT_INDEX), "event queue");
+                self.send_reset_event();
+            }
             TOKEN_ACTIVATE => {
                 Self::drain(&self.activate_evt, "activation");
                 // The driver may have queued packets before DRIVER_OK.

@@ -126,6 +126,20 @@ pub enum Error {
     },
 }
 
+/// `virtio_vsock_event.id` of TRANSPORT_RESET: the guest drops every
+/// connection (virtio 1.2, section 5.10.6.6).
+pub const EVENT_TRANSPORT_RESET: u32 = 0;
+
+/// A vsock device's own state. Connections cannot outlive the VMM process
+/// that held their host sockets: a restored device sends the guest a
+/// TRANSPORT_RESET event when it is activated, and the guest drops them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VsockState {
+    /// Restore refuses a device built for another CID.
+    pub guest_cid: u64,
+    pub counters: VsockCounters,
+}
+
 /// What the VMM configures for the vsock device.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VsockConfig {
@@ -161,7 +175,7 @@ impl VsockConfig {
 }
 
 /// What the device has done since it was built (they survive resets).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VsockCounters {
     /// Packets the guest sent (well-formed TX chains).
     pub tx_packets: u64,
