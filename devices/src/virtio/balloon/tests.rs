@@ -368,3 +368,72 @@ fn a_giant_inflate_chain_is_cut_short() {
     assert_eq!(c.bad_pfns, inflate::MAX_PFNS_PER_CHAIN as u64);
     assert_eq!((c.malformed_chains, c.pages_discarded), (1, 0));
 }
+
+mod state {
+    use super::*;
+    use crate::virtio::mmio::MmioTransport;
+    use crate::virtio::testing::{bring_up, through_json};
+    use crate::virtio::{DeviceState, StateError};
+
+    /// The target, what the driver reported and the statistics settings
+    /// move to a new device; the statistics buffer the old one held is
+    /// taken again by the new one.
+    #[test]
+    fn balloon_moves_to_a_new_device() {
+        let mem = guest_mem(MEM_SIZE);
+        let mut drv = Driver::new(&mem, 3, QUEUE_SIZE);
+        let mut lp = Loop::new(Balloon::new(&cfg(64, true, 1)).unwrap());
+        let mut t = MmioTransport::new(mem.clone(), lp.dev.clone()).unwrap();
+        bring_up(&mut t, &drv.queues(3));
+        lp.lock().update_stats_interval(7).unwrap();
+        let stats = drv.alloc(ENTRY_SIZE as u32);
+        let mut entry = MEMFREE.to_le_bytes().to_vec();
+        entry.extend(4096u64.to_le_bytes());
+        drv.write(stats, &entry);
+        let head = drv.add_chain(STATS_INDEX, &[(stats, ENTRY_SIZE as u32, false)]);
+        lp.run();
+        assert_eq!(lp.lock().stats_head, Some(head));
+        lp.lock().write_config(4, &100u32.to_le_bytes());
+        lp.lock().update_target(32).unwrap();
+
+        let state = through_json(&t.state());
+        assert_eq!(state.queues[STATS_INDEX].next_avail, 0);
+        let DeviceState::Balloon(saved) = &state.device else {
+            panic!("{:?}", state.device);
+        };
+        assert_eq!(saved.amount_mib, 32);
+        assert_eq!(saved.actual_pages, 100);
+        assert_eq!(saved.stats_polling_interval_s, 7);
+        assert_eq!(saved.stats.free_memory, Some(4096));
+
+        let mut lp2 = Loop::new(Balloon::new(&cfg(0, true, 1)).unwrap());
+        let mut t2 = MmioTransport::new(mem.clone(), lp2.dev.clone()).unwrap();
+        t2.restore(&state).unwrap();
+        assert_eq!(t2.state(), state);
+        lp2.run();
+        let b = lp2.lock();
+        assert_eq!(b.stats_head, Some(head));
+        assert_eq!(b.target_pages(), 32 * PAGES_PER_MIB);
+        assert_eq!(b.actual_pages(), 100);
+        assert_eq!(b.config().stats_polling_interval_s, 7);
+        assert!(b.is_activated());
+    }
+
+    #[test]
+    fn another_setup_is_refused() {
+        let a = Balloon::new(&cfg(8, true, 1)).unwrap();
+        let state = a.save_state();
+        for (other, what) in [
+            (cfg(8, false, 1), "deflate-on-OOM setting"),
+            (cfg(8, true, 0), "statistics polling interval (seconds)"),
+        ] {
+            let mut b = Balloon::new(&other).unwrap();
+            let before = b.save_state();
+            match b.restore_state(&state) {
+                Err(StateError::Mismatch { what: w, .. }) => assert_eq!(w, what),
+                r => panic!("{what}: {r:?}"),
+            }
+            assert_eq!(b.save_state(), before);
+        }
+    }
+}

@@ -240,3 +240,22 @@ fn getrandom_fills_large_buffers() {
     // A megabyte of zeros in any 4 KiB block would be a broken fill.
     assert!(buf.chunks(4096).all(|c| c.iter().any(|&x| x != 0)));
 }
+
+#[test]
+fn rng_state_round_trips() {
+    use crate::virtio::testing::through_json;
+    use crate::virtio::{DeviceState, StateError};
+
+    let mut a = Rng::new(&RngConfig::default()).unwrap();
+    a.counters.requests = 5;
+    a.counters.bytes = 80;
+    let state = through_json(&a.save_state());
+    let mut b = Rng::new(&RngConfig::default()).unwrap();
+    b.restore_state(&state).unwrap();
+    assert_eq!(b.save_state(), state);
+    assert_eq!(b.counters(), a.counters());
+    assert!(matches!(
+        b.restore_state(&DeviceState::None),
+        Err(StateError::WrongDevice { here: "rng", .. })
+    ));
+}

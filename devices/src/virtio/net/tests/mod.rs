@@ -3,6 +3,7 @@
 //! queues stand in for the driver, and a real EventManager runs the device.
 
 mod device;
+mod state;
 mod tap;
 
 use std::io;

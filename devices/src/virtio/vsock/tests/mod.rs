@@ -6,6 +6,7 @@ mod flow;
 mod guest;
 mod host;
 mod malformed;
+mod state;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
