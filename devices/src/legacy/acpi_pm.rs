@@ -54,7 +54,8 @@ pub const fn s5_request() -> u8 {
     SLP_EN | (S5_SLEEP_TYPE << SLP_TYP_SHIFT)
 }
 
-/// The sleep control, sleep status and reset registers.
+/// The sleep control, sleep status and reset registers. Writes act at once
+/// and reads are constant: there is no state to save for a snapshot.
 #[derive(Debug)]
 pub struct AcpiPmDevice {
     power_off_evt: EventFd,

@@ -75,6 +75,16 @@ fn host_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// What a snapshot keeps of the CMOS: the index register and the RAM. The
+/// clock is the host's, read at every access, and so is not saved.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CmosState {
+    pub index: u8,
+    /// All 128 bytes, the clock's registers included (they are never read
+    /// from here).
+    pub ram: Vec<u8>,
+}
+
 /// The CMOS RTC and its RAM.
 pub struct Cmos {
     index: u8,
@@ -100,6 +110,28 @@ impl Cmos {
             ram: [0; 128],
             now,
         }
+    }
+
+    /// The index register and the RAM, for a snapshot.
+    pub fn state(&self) -> CmosState {
+        CmosState {
+            index: self.index,
+            ram: self.ram.to_vec(),
+        }
+    }
+
+    /// Put back what [`Cmos::state`] gave; a RAM image of another size is
+    /// refused and changes nothing.
+    pub fn restore(&mut self, state: &CmosState) -> Result<(), super::StateError> {
+        let ram = <[u8; 128]>::try_from(state.ram.as_slice()).map_err(|_| {
+            super::StateError::Invalid {
+                device: "CMOS",
+                why: format!("{} bytes of RAM, not 128", state.ram.len()),
+            }
+        })?;
+        self.index = state.index;
+        self.ram = ram;
+        Ok(())
     }
 
     fn register(&self, index: u8) -> u8 {
@@ -219,5 +251,28 @@ mod tests {
         assert_eq!(wide, [0xff; 4]);
         c.write(CMOS_BASE, 1, &[1, 2]);
         c.write(CMOS_BASE, 7, &[1]);
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let mut c = Cmos::with_clock(|| 0);
+        c.write(CMOS_BASE, 0, &[0x40]);
+        c.write(CMOS_BASE, 1, &[0x99]);
+        c.write(CMOS_BASE, 0, &[0x41]);
+        let state: CmosState =
+            serde_json::from_str(&serde_json::to_string(&c.state()).unwrap()).unwrap();
+        let mut r = Cmos::with_clock(|| 0);
+        r.restore(&state).unwrap();
+        assert_eq!(r.state(), state);
+        assert_eq!(state.index, 0x41);
+        assert_eq!(read(&mut r, 0x40), 0x99);
+
+        let before = r.state();
+        let short = CmosState {
+            index: 1,
+            ram: vec![0; 64],
+        };
+        assert!(r.restore(&short).is_err());
+        assert_eq!(r.state(), before);
     }
 }

@@ -152,6 +152,23 @@ struct OutByte {
     aux: bool,
 }
 
+/// What a snapshot keeps of the controller and its keyboard.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042State {
+    pub ctr: u8,
+    pub outp: u8,
+    pub mode: u8,
+    pub last_write_was_command: bool,
+    pub pending_command: Option<u8>,
+    pub pending_kbd_command: Option<u8>,
+    pub scanning: bool,
+    pub last_kbd_byte: u8,
+    /// The output buffer, oldest first: (byte, from the aux port).
+    pub output: Vec<(u8, bool)>,
+    pub last_read: u8,
+    pub dropped_bytes: u64,
+}
+
 /// The i8042 controller with its keyboard.
 #[derive(Debug)]
 pub struct I8042Device {
@@ -216,6 +233,60 @@ impl I8042Device {
     /// Bytes lost because the output buffer was full.
     pub fn dropped_bytes(&self) -> u64 {
         self.dropped_bytes
+    }
+
+    /// The registers, the keyboard's state and the output buffer, for a
+    /// snapshot.
+    pub fn state(&self) -> I8042State {
+        I8042State {
+            ctr: self.ctr,
+            outp: self.outp,
+            mode: self.mode,
+            last_write_was_command: self.last_write_was_command,
+            pending_command: self.pending_command,
+            pending_kbd_command: self.pending_kbd_command,
+            scanning: self.scanning,
+            last_kbd_byte: self.last_kbd_byte,
+            output: self.output.iter().map(|b| (b.value, b.aux)).collect(),
+            last_read: self.last_read,
+            dropped_bytes: self.dropped_bytes,
+        }
+    }
+
+    /// Put back what [`I8042Device::state`] gave. A byte waiting in the
+    /// output buffer raises the keyboard interrupt again (if enabled): the
+    /// guest may not have seen it. An output buffer longer than the
+    /// controller's is refused and changes nothing.
+    pub fn restore(&mut self, state: &I8042State) -> Result<(), super::StateError> {
+        if state.output.len() > OUTPUT_BUFFER_LEN {
+            return Err(super::StateError::Invalid {
+                device: "i8042",
+                why: format!(
+                    "{} bytes in the output buffer, which holds {OUTPUT_BUFFER_LEN}",
+                    state.output.len()
+                ),
+            });
+        }
+        self.ctr = state.ctr;
+        self.outp = state.outp;
+        self.mode = state.mode;
+        self.last_write_was_command = state.last_write_was_command;
+        self.pending_command = state.pending_command;
+        self.pending_kbd_command = state.pending_kbd_command;
+        self.scanning = state.scanning;
+        self.last_kbd_byte = state.last_kbd_byte;
+        self.output = state
+            .output
+            .iter()
+            .map(|&(value, aux)| OutByte { value, aux })
+            .collect();
+        self.last_read = state.last_read;
+        self.dropped_bytes = state.dropped_bytes;
+        self.raise_for_head()
+            .map_err(|source| super::StateError::Interrupt {
+                device: "i8042",
+                source,
+            })
     }
 
     /// Press and release Ctrl-Alt-Del on the keyboard. The whole sequence is
@@ -711,5 +782,33 @@ mod tests {
         let mut b = [0u8];
         d.read(I8042_BASE, 1, &mut b);
         assert_eq!(b, [0xff]);
+    }
+
+    #[test]
+    fn state_round_trips_with_unread_keys() {
+        let mut d = dev();
+        cmd(&mut d, CMD_WRITE_CTR);
+        put(&mut d, CTR_DEFAULT & !CTR_AUXDIS);
+        d.trigger_ctrl_alt_del().unwrap();
+        let first = get(&mut d);
+        let state: I8042State =
+            serde_json::from_str(&serde_json::to_string(&d.state()).unwrap()).unwrap();
+        assert_eq!(state.output.len(), CTRL_ALT_DEL_SET1.len() - 1);
+
+        let mut r = dev();
+        r.restore(&state).unwrap();
+        assert_eq!(r.state(), state);
+        assert_eq!(r.interrupt_evt().read().unwrap(), 1);
+        assert_eq!(first, CTRL_ALT_DEL_SET1[0]);
+        for &b in &CTRL_ALT_DEL_SET1[1..] {
+            assert_eq!(get(&mut r), b);
+        }
+
+        let mut too_long = state.clone();
+        too_long.output = vec![(0, false); OUTPUT_BUFFER_LEN + 1];
+        let mut fresh = dev();
+        let before = fresh.state();
+        assert!(fresh.restore(&too_long).is_err());
+        assert_eq!(fresh.state(), before);
     }
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use log::{debug, warn};
-use vm_superio::serial::{Error as SuperioError, SerialEvents};
+use vm_superio::serial::{Error as SuperioError, SerialEvents, SerialState as UartState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -73,6 +73,57 @@ impl SerialMetrics {
 
 fn bump(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// The UART's registers and receive FIFO, for a snapshot (vm-superio's
+/// `SerialState`, which has no serde).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialState {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    /// Bytes the guest has not read yet (at most the 64-byte FIFO).
+    pub in_buffer: Vec<u8>,
+}
+
+impl From<UartState> for SerialState {
+    fn from(s: UartState) -> Self {
+        SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+}
+
+impl From<&SerialState> for UartState {
+    fn from(s: &SerialState) -> Self {
+        UartState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
 }
 
 /// vm-superio raises interrupts through its `Trigger` trait; the orphan rule
@@ -138,6 +189,48 @@ impl<W: Write + Send> SerialDevice<W> {
             metrics,
             out_failing: false,
         })
+    }
+
+    /// A UART in the state [`SerialDevice::state`] gave, writing guest output
+    /// to `out`, with new EventFds (the VMM registers them as for
+    /// [`SerialDevice::new`]). An interrupt the state has pending is raised
+    /// again on the new EventFd. Counters start at zero.
+    pub fn from_state(state: &SerialState, out: W) -> Result<Self, super::StateError> {
+        let device = "serial port";
+        let eventfd = || {
+            EventFd::new(EFD_NONBLOCK)
+                .map_err(|source| super::StateError::EventFd { device, source })
+        };
+        let metrics = Arc::new(SerialMetrics::default());
+        let events = SerialEventsImpl {
+            metrics: metrics.clone(),
+            fifo_drained: eventfd()?,
+        };
+        let trigger = EventFdTrigger(eventfd()?);
+        let serial = Serial::from_state(&UartState::from(state), trigger, events, out).map_err(
+            |e| match e {
+                SuperioError::Trigger(source) | SuperioError::IOError(source) => {
+                    super::StateError::Interrupt { device, source }
+                }
+                SuperioError::FullFifo => super::StateError::Invalid {
+                    device,
+                    why: format!(
+                        "{} bytes in the receive FIFO, which holds 64",
+                        state.in_buffer.len()
+                    ),
+                },
+            },
+        )?;
+        Ok(Self {
+            serial,
+            metrics,
+            out_failing: false,
+        })
+    }
+
+    /// The UART's registers and receive FIFO, for a snapshot.
+    pub fn state(&self) -> SerialState {
+        self.serial.state().into()
     }
 
     /// The interrupt line: register it as an irqfd for IRQ 4.
@@ -379,5 +472,34 @@ mod tests {
         dev.write(COM1_BASE, u64::MAX, &[0]);
         assert!(dev.serial.writer().is_empty());
         assert_eq!(dev.metrics().snapshot().bad_accesses, 6);
+    }
+
+    #[test]
+    fn state_round_trips_with_unread_input() {
+        let mut dev = SerialDevice::new(Vec::new()).unwrap();
+        dev.write(COM1_BASE, IER, &[IER_RDA]);
+        dev.write(COM1_BASE, 7, &[0x5a]);
+        assert_eq!(dev.enqueue_input(b"abc").unwrap(), 3);
+        let state: SerialState =
+            serde_json::from_str(&serde_json::to_string(&dev.state()).unwrap()).unwrap();
+        assert_eq!(state.in_buffer, b"abc");
+
+        let mut restored = SerialDevice::from_state(&state, Vec::new()).unwrap();
+        assert_eq!(restored.state(), state);
+        // The pending receive interrupt is raised again.
+        assert_eq!(restored.interrupt_evt().read().unwrap(), 1);
+        assert_eq!(read(&mut restored, 7), 0x5a);
+        assert_eq!(read(&mut restored, IIR) & 0x0f, 0x04);
+        assert_eq!(read(&mut restored, DATA), b'a');
+        assert_eq!(read(&mut restored, DATA), b'b');
+        assert_eq!(read(&mut restored, DATA), b'c');
+        assert_eq!(read(&mut restored, LSR) & LSR_DATA_READY, 0);
+
+        let mut too_much = state;
+        too_much.in_buffer = vec![0; 65];
+        assert!(matches!(
+            SerialDevice::from_state(&too_much, Vec::new()),
+            Err(crate::legacy::StateError::Invalid { .. })
+        ));
     }
 }
