@@ -1,6 +1,12 @@
 //! Device models for flint. Nothing here depends on KVM: devices expose their
 //! EventFds and the VMM wires them to the hypervisor, so every model can be
 //! tested on any host.
+//!
+//! For snapshots every device with state hands it out as plain serde data
+//! and takes it back: a virtio device with its transport as
+//! [`virtio::mmio::MmioState`], the legacy devices each with their own
+//! type. The VMM pauses the vCPUs first and wires a restored device's
+//! EventFds as it does a new one's.
 
 // The guest and input files reach this code: it must not panic.
 #![cfg_attr(

@@ -6,6 +6,12 @@
 //! guest through [`Interrupt`] (whose EventFd the VMM registers as an irqfd).
 //! Queue work runs on the VMM's event loop: each device is also an
 //! `event_manager::MutEventSubscriber`.
+//!
+//! Snapshots: [`mmio::MmioTransport::prepare_save`] and `state` take a
+//! device's state with the vCPUs paused, `restore` puts it into a device
+//! built again from the same configuration (see [`mmio::MmioState`] for
+//! the order of steps); a device adds its own part through
+//! [`VirtioDevice::save_state`] and [`VirtioDevice::restore_state`].
 
 pub mod active;
 pub mod balloon;
