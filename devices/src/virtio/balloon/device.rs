@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
@@ -17,11 +17,9 @@ use super::{
 };
 use crate::virtio::active::ActiveQueues;
 use crate::virtio::{
-    check_queues, read_config_bytes, timer, ActivateError, Interrupt, VirtioCommon, VirtioDevice,
-    INT_CONFIG, TYPE_BALLOON, VIRTIO_F_VERSION_1,
+    check_queues, read_config_bytes, timer, ActivateError, DeviceState, Interrupt, StateError,
+    VirtioCommon, VirtioDevice, INT_CONFIG, TYPE_BALLOON, VIRTIO_F_VERSION_1,
 };
-use crate::virtio::{DeviceState, StateError};
-use virtio_queue::QueueState;
 
 /// Config space: le32 num_pages, le32 actual. The later fields belong to
 /// features this device does not offer; reads there are zeros.

@@ -13,7 +13,7 @@ use virtio_bindings::bindings::virtio_blk::{
     virtio_blk_config, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
 };
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -25,11 +25,9 @@ use super::{
 };
 use crate::virtio::active::ActiveQueues;
 use crate::virtio::{
-    read_config_bytes, ActivateError, Interrupt, VirtioCommon, VirtioDevice, TYPE_BLOCK,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    read_config_bytes, ActivateError, DeviceState, Interrupt, StateError, VirtioCommon,
+    VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
-use crate::virtio::{DeviceState, StateError};
-use virtio_queue::QueueState;
 
 const CAPACITY_OFFSET: usize = offset_of!(virtio_blk_config, capacity);
 const SEG_MAX_OFFSET: usize = offset_of!(virtio_blk_config, seg_max);

@@ -10,25 +10,22 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
     VIRTIO_NET_S_LINK_UP,
 };
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::rx::RxPath;
 use super::tap::{NetBackend, Tap};
 use super::tx::TxPath;
-use super::NetState;
 use super::{
-    generate_mac, tap_offload_flags, validate_mac, Error, NetConfig, NetCounters, MIN_MTU,
-    QUEUE_SIZE, RX_INDEX, TX_INDEX, VNET_HDR_LEN, VNET_HDR_LEN_LEGACY,
+    generate_mac, tap_offload_flags, validate_mac, Error, NetConfig, NetCounters, NetState,
+    MIN_MTU, QUEUE_SIZE, RX_INDEX, TX_INDEX, VNET_HDR_LEN, VNET_HDR_LEN_LEGACY,
 };
 use crate::virtio::active::ActiveQueues;
 use crate::virtio::{
-    read_config_bytes, ActivateError, Interrupt, VirtioCommon, VirtioDevice, TYPE_NET,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    read_config_bytes, ActivateError, DeviceState, Interrupt, StateError, VirtioCommon,
+    VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
-use crate::virtio::{DeviceState, StateError};
-use virtio_queue::QueueState;
 
 /// `struct virtio_net_config` up to `mtu`: mac[6], status, max_virtqueue_pairs, mtu.
 const CONFIG_LEN: usize = 12;

@@ -4,21 +4,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::RngState;
-use super::{Error, RngConfig, RngCounters, MAX_REQUEST_BYTES, QUEUE_SIZE};
+use super::{Error, RngConfig, RngCounters, RngState, MAX_REQUEST_BYTES, QUEUE_SIZE};
 use crate::rate_limiter::TokenBucket;
 use crate::virtio::active::ActiveQueues;
 use crate::virtio::{
-    timer, ActivateError, Interrupt, VirtioCommon, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
+    timer, ActivateError, DeviceState, Interrupt, StateError, VirtioCommon, VirtioDevice, TYPE_RNG,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
-use crate::virtio::{DeviceState, StateError};
-use virtio_queue::QueueState;
 
 // Event loop tokens.
 const QUEUE_TOKEN: u32 = 0;

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::{Queue, QueueState, QueueT};
+use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::muxer::{Muxer, FIRST_STREAM_TOKEN};
@@ -18,12 +18,9 @@ use super::{
 };
 use crate::virtio::active::ActiveQueues;
 use crate::virtio::{
-    read_config_bytes, ActivateError, Interrupt, VirtioCommon, VirtioDevice, TYPE_VSOCK,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    read_config_bytes, ActivateError, DeviceState, Interrupt, StateError, VirtioCommon,
+    VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
-use crate::virtio::{DeviceState, StateError};
-use virtio_queue::QueueState;
-use vm_memory::Bytes;
 
 // Event loop tokens; host streams use FIRST_STREAM_TOKEN and up.
 const TOKEN_RX_QUEUE: u32 = 0;
