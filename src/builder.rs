@@ -55,6 +55,26 @@ fn must_exist(field: &'static str, path: &Path) -> Result<(), Error> {
 }
 
 impl VmResources {
+    /// The first boot-specific resource set, if any (a snapshot brings
+    /// its own).
+    pub fn configured(&self) -> Option<&'static str> {
+        if self.boot_source.is_some() {
+            Some("boot-source")
+        } else if !self.drives.is_empty() {
+            Some("a drive")
+        } else if !self.nets.is_empty() {
+            Some("a network interface")
+        } else if self.vsock.is_some() {
+            Some("vsock")
+        } else if self.entropy.is_some() {
+            Some("entropy")
+        } else if self.balloon.is_some() {
+            Some("balloon")
+        } else {
+            None
+        }
+    }
+
     /// Start from a parsed config file.
     pub fn from_file(file: FileConfig) -> Result<Self, Error> {
         if let Some(key) = file.unsupported_key() {

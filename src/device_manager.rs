@@ -115,6 +115,7 @@ pub struct DeviceManager {
     pub i8042: Arc<Mutex<I8042Device>>,
     /// The ACPI sleep control and reset registers.
     pub acpi_pm: Arc<Mutex<AcpiPmDevice>>,
+    pub cmos: Arc<Mutex<Cmos>>,
     /// `virtio_mmio.device=` parameters describing each virtio device.
     pub cmdline: Vec<String>,
     /// Devices to add to the event loop.
@@ -143,7 +144,8 @@ impl DeviceManager {
         let mut pio = Bus::new();
         pio.insert(serial.clone(), COM1_PORT, COM1_PORT_LEN)?;
         pio.insert(i8042.clone(), I8042_PORT, I8042_PORT_LEN)?;
-        pio.insert(Arc::new(Mutex::new(Cmos::new())), CMOS_BASE, CMOS_PORT_LEN)?;
+        let cmos = Arc::new(Mutex::new(Cmos::new()));
+        pio.insert(cmos.clone(), CMOS_BASE, CMOS_PORT_LEN)?;
         pio.insert(acpi_pm.clone(), ACPI_PM_PORT, ACPI_PM_PORT_LEN)?;
         let mut mmio = Bus::new();
         mmio.insert(
@@ -159,6 +161,7 @@ impl DeviceManager {
             serial,
             i8042,
             acpi_pm,
+            cmos,
             cmdline: Vec::new(),
             subscribers: Vec::new(),
             registry: Vec::new(),

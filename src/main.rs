@@ -89,6 +89,17 @@ struct Cli {
     /// (N MiB taken from the guest at boot; PATCH /balloon changes it).
     #[arg(long, value_name = "SPEC")]
     balloon: Option<String>,
+    /// Restore the microVM of this snapshot state file (written by PUT
+    /// /snapshot/create) instead of booting one; needs --mem-file. The
+    /// snapshot brings its own kernel state, devices and configuration.
+    #[arg(long, value_name = "FILE", requires = "mem_file",
+          conflicts_with_all = ["kernel", "initrd", "cmdline", "append", "vcpus", "memory",
+                                "config_file", "drive", "net", "vsock", "entropy", "balloon"])]
+    restore: Option<PathBuf>,
+    /// The snapshot's memory file, for --restore (mapped privately: it is
+    /// only read, page by page as the guest touches them).
+    #[arg(long, value_name = "FILE", requires = "restore")]
+    mem_file: Option<PathBuf>,
     /// Print the boot phases (ms since launch) at exit, and the guest's
     /// boot-timer write when it happens.
     #[arg(long)]
@@ -295,6 +306,31 @@ fn start_vm(st: &mut ApiState, opts: &RunOptions, over_api: bool) -> Result<Vmm,
     Ok(vmm)
 }
 
+/// Restore the microVM of a snapshot (`PUT /snapshot/load` or --restore),
+/// its vCPUs running with `resume`, else paused.
+fn load_snapshot(
+    st: &mut ApiState,
+    opts: &RunOptions,
+    p: &flint::snapshot::LoadParams,
+) -> Result<Vmm, String> {
+    use flint::snapshot::{format, MicrovmState};
+    log::info!("loading the snapshot {}", p.snapshot_path.display());
+    let mem = p.mem_file().map_err(|e| e.to_string())?;
+    let (_, mut snap): (_, MicrovmState) =
+        format::read(&p.snapshot_path).map_err(|e| e.to_string())?;
+    snap.apply_overrides(&p.network_overrides)
+        .map_err(|e| e.to_string())?;
+    let mut vmm = Vmm::restore(&snap, mem, opts).map_err(|e| e.to_string())?;
+    vmm.set_metrics(st.metrics.take());
+    if p.resume_vm {
+        vmm.start()
+    } else {
+        vmm.start_paused()
+    }
+    .map_err(|e| e.to_string())?;
+    Ok(vmm)
+}
+
 /// flint with the API: serve until InstanceStart (or boot from the config
 /// file at once), then run the VM with the API still up.
 fn run_api(cli: &Cli, sock: &Path, mut st: ApiState, filters: &Filters) -> u8 {
@@ -341,6 +377,15 @@ fn run_api(cli: &Cli, sock: &Path, mut st: ApiState, filters: &Filters) -> u8 {
                     }
                     Err(e) => {
                         let _ = reply.send(Response::Fault(format!("InstanceStart: {e}")));
+                    }
+                },
+                StartWait::Load(p, reply) => match load_snapshot(&mut st, &opts, &p) {
+                    Ok(v) => {
+                        let _ = reply.send(Response::NoContent);
+                        break v;
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Response::Fault(format!("PUT /snapshot/load: {e}")));
                     }
                 },
                 StartWait::Signal(sig) => {
@@ -394,24 +439,46 @@ fn run(cli: &Cli) -> u8 {
     if let Some(sock) = api_socket(cli) {
         return run_api(cli, sock, st, &filters);
     }
-    let cfg = match st.resources.build() {
-        Ok(c) => c,
+    let opts = run_options(cli, &filters);
+    let vmm = match (&cli.restore, &cli.mem_file) {
+        (Some(state), Some(mem)) => {
+            let p = flint::snapshot::LoadParams {
+                snapshot_path: state.clone(),
+                mem_backend: None,
+                mem_file_path: Some(mem.clone()),
+                enable_diff_snapshots: false,
+                track_dirty_pages: false,
+                resume_vm: true,
+                network_overrides: Vec::new(),
+            };
+            load_snapshot(&mut st, &opts, &p)
+        }
+        _ => st
+            .resources
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|cfg| {
+                let mut vmm = Vmm::build(&cfg, &opts).map_err(|e| e.to_string())?;
+                vmm.set_metrics(st.metrics.take());
+                vmm.start().map_err(|e| e.to_string())?;
+                Ok(vmm)
+            }),
+    };
+    let mut vmm = match vmm {
+        Ok(v) => v,
         Err(e) => {
             eprintln!("flint: {e}");
             return EXIT_ERROR;
         }
     };
-    let opts = run_options(cli, &filters);
     flint::terminal::enter_raw_mode();
-    let result = Vmm::build(&cfg, &opts).and_then(|mut vmm| {
-        vmm.set_metrics(st.metrics.take());
-        vmm.start()?;
+    let result = {
         let r = vmm.run(&mut |_| {});
         // The vCPU threads may still be in KVM_RUN: the VM must outlive
         // them, and does, since the process exits next.
         std::mem::forget(vmm);
         r
-    });
+    };
     flint::terminal::restore();
     if result.is_ok() {
         // The VM is still alive; let its teardown happen after we are gone.

@@ -69,6 +69,14 @@ pub enum Error {
     Config(#[from] crate::config::Error),
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::Error),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::Error),
+    #[error(transparent)]
+    KvmState(#[from] crate::vstate::state::Error),
+    #[error(
+        "the microVM must be paused for a snapshot: PATCH /vm {{\"state\": \"Paused\"}} first"
+    )]
+    NotPaused,
 }
 
 /// Options that are about the run, not the VM.
@@ -160,54 +168,40 @@ pub enum VmState {
     Paused,
 }
 
-/// One microVM.
-pub struct Vmm {
-    // Field order is drop order: devices and vCPU handles go before the VM
-    // and its memory.
-    em: EventManager<Subscriber>,
-    ctl: Arc<Mutex<Control>>,
-    dm: DeviceManager,
-    unstarted: Vec<Vcpu>,
-    vcpus: Vec<VcpuHandle>,
-    vm: Vm,
-    mem: GuestMemoryMmap,
-    host: HostKind,
-    state: VmState,
-    metrics: Option<MetricsSink>,
-    mem_mib: u64,
-    /// Each vCPU thread installs it before its first KVM_RUN.
-    vcpu_filter: Option<Arc<seccompiler::BpfProgram>>,
-    /// This (the main) thread installs it when the event loop starts,
-    /// after the vCPU threads (which install their own).
-    main_filter: Option<Arc<seccompiler::BpfProgram>>,
+/// Checks and process set-up before any VM is made.
+fn prepare(cfg: &VmConfig) -> Result<HostKind, Error> {
+    let host = host::detect();
+    if let Some(ram) = host_ram_mib() {
+        if cfg.mem_mib > ram {
+            return Err(Error::MemBeyondHost {
+                asked: cfg.mem_mib,
+                host: ram,
+            });
+        }
+    }
+    control::block_signals()?;
+    vcpu_control::install_kick_handler()?;
+    Ok(host)
 }
 
-impl Vmm {
-    /// Build the VM: memory, KVM VM, devices, vCPUs in their boot state.
-    /// Nothing runs yet.
-    pub fn build(cfg: &VmConfig, opts: &RunOptions) -> Result<Vmm, Error> {
-        let host = host::detect();
-        if let Some(ram) = host_ram_mib() {
-            if cfg.mem_mib > ram {
-                return Err(Error::MemBeyondHost {
-                    asked: cfg.mem_mib,
-                    host: ram,
-                });
-            }
-        }
-        control::block_signals()?;
-        vcpu_control::install_kick_handler()?;
-        boot::check_cmdline(&cfg.cmdline)?;
-        let mem = memory::create(cfg.mem_mib)?;
-        // Reading the kernel and initrd into guest memory and KVM's building
-        // of the VM (irqchip, PIT, memory slots) are independent: overlap.
-        let (images, vm) = std::thread::scope(|s| {
-            let loader = s.spawn(|| boot::load_images(&mem, &cfg.kernel, cfg.initrd.as_deref()));
-            let vm = Vm::new(&mem);
-            (loader.join(), vm)
-        });
-        let images = images.map_err(|_| Error::LoaderThread)??;
-        let vm = vm?;
+/// What booting and restoring build alike: the devices and the vCPUs of
+/// a VM whose memory exists.
+struct Parts {
+    vm: Vm,
+    dm: DeviceManager,
+    vcpus: Vec<Vcpu>,
+    root: Option<String>,
+    stop_evt: Arc<EventFd>,
+    stop_rx: std::sync::mpsc::Receiver<(u8, vcpu::StopReason)>,
+}
+
+impl Parts {
+    fn new(
+        cfg: &VmConfig,
+        opts: &RunOptions,
+        vm: Vm,
+        mem: &GuestMemoryMmap,
+    ) -> Result<Parts, Error> {
         if usize::from(cfg.vcpus) > vm.max_vcpus() {
             return Err(Error::TooManyVcpus {
                 asked: cfg.vcpus,
@@ -215,8 +209,7 @@ impl Vmm {
             });
         }
         let mut dm = DeviceManager::new(&vm, opts.boot_timer)?;
-        let root = virtio_devices::attach(cfg, &vm, &mem, &mut dm)?;
-
+        let root = virtio_devices::attach(cfg, &vm, mem, &mut dm)?;
         let stop_evt =
             Arc::new(EventFd::new(EFD_NONBLOCK).map_err(|e| Error::EventLoop(e.to_string()))?);
         let (stop_tx, stop_rx) = channel();
@@ -234,40 +227,30 @@ impl Vmm {
                 stop_evt.clone(),
             )?);
         }
-        let profile = match (host, opts.host_profile) {
-            (HostKind::Pvm, true) => {
-                let khz = vcpus[0].tsc_khz().unwrap_or(0);
-                (khz > 0).then(|| host::pvm_cmdline(khz))
-            }
-            _ => None,
-        };
-        let on_cmdline = dm.registry.is_empty() || virtio_on_cmdline(images.kernel.virtio_cmdline);
-        let (virtio_args, acpi_virtio) = if on_cmdline {
-            (dm.cmdline.as_slice(), Vec::new())
-        } else {
-            (&[][..], dm.acpi_devices())
-        };
-        let cmdline = full_cmdline(cfg, virtio_args, root.as_deref(), profile.as_deref());
-        log::debug!("kernel command line: {cmdline}");
-        let entry = boot::write_boot_data(
-            &mem,
-            &images,
-            cfg.mem_mib,
-            cfg.vcpus,
-            &cmdline,
-            &acpi_virtio,
-        )?;
-        let supported = vcpu::supported_cpuid(vm.kvm())?;
-        let threads = if cfg.smt { 2 } else { 1 };
-        for v in &vcpus {
-            v.configure(&supported, entry.entry.0, cfg.vcpus, threads)?;
-        }
-
-        let mut em: EventManager<Subscriber> =
-            EventManager::new().map_err(|e| Error::EventLoop(e.to_string()))?;
-        let ctl = Arc::new(Mutex::new(Control::new(
+        Ok(Parts {
+            vm,
+            dm,
+            vcpus,
+            root,
             stop_evt,
             stop_rx,
+        })
+    }
+
+    /// The event loop and the control of the VM's end around the parts.
+    fn finish(
+        mut self,
+        cfg: &VmConfig,
+        opts: &RunOptions,
+        host: HostKind,
+        mem: GuestMemoryMmap,
+    ) -> Result<Vmm, Error> {
+        let mut em: EventManager<Subscriber> =
+            EventManager::new().map_err(|e| Error::EventLoop(e.to_string()))?;
+        let dm = &mut self.dm;
+        let ctl = Arc::new(Mutex::new(Control::new(
+            self.stop_evt,
+            self.stop_rx,
             dm.i8042.clone(),
             &dm.acpi_pm,
             dm.serial.clone(),
@@ -280,33 +263,188 @@ impl Vmm {
         if host == HostKind::Pvm {
             eprintln!("{}", host::PVM_WARNING);
         }
+        let msr_list = crate::vstate::state::msr_list(self.vm.kvm())?.into();
         timer::mark(Phase::VmBuilt);
         Ok(Vmm {
             em,
             ctl,
-            dm,
-            unstarted: vcpus,
+            dm: self.dm,
+            unstarted: self.vcpus,
             vcpus: Vec::new(),
-            vm,
+            vm: self.vm,
             mem,
             host,
             state: VmState::Built,
             metrics: None,
-            mem_mib: cfg.mem_mib,
+            cfg: cfg.clone(),
+            msr_list,
             vcpu_filter: opts.seccomp.get(crate::seccomp::ThreadKind::Vcpu),
             main_filter: opts.seccomp.get(crate::seccomp::ThreadKind::Main),
         })
     }
+}
+
+/// One microVM.
+pub struct Vmm {
+    // Field order is drop order: devices and vCPU handles go before the VM
+    // and its memory.
+    em: EventManager<Subscriber>,
+    ctl: Arc<Mutex<Control>>,
+    dm: DeviceManager,
+    unstarted: Vec<Vcpu>,
+    vcpus: Vec<VcpuHandle>,
+    vm: Vm,
+    mem: GuestMemoryMmap,
+    host: HostKind,
+    state: VmState,
+    metrics: Option<MetricsSink>,
+    /// What the VM was built from (a snapshot carries it).
+    cfg: VmConfig,
+    /// The MSRs a snapshot saves (KVM's list, read while building: the
+    /// main thread's seccomp filter has no /dev/kvm ioctls).
+    msr_list: Arc<[u32]>,
+    /// Each vCPU thread installs it before its first KVM_RUN.
+    vcpu_filter: Option<Arc<seccompiler::BpfProgram>>,
+    /// This (the main) thread installs it when the event loop starts,
+    /// after the vCPU threads (which install their own).
+    main_filter: Option<Arc<seccompiler::BpfProgram>>,
+}
+
+impl Vmm {
+    /// Build the VM: memory, KVM VM, devices, vCPUs in their boot state.
+    /// Nothing runs yet.
+    pub fn build(cfg: &VmConfig, opts: &RunOptions) -> Result<Vmm, Error> {
+        let host = prepare(cfg)?;
+        boot::check_cmdline(&cfg.cmdline)?;
+        let mem = memory::create(cfg.mem_mib)?;
+        // Reading the kernel and initrd into guest memory and KVM's building
+        // of the VM (irqchip, PIT, memory slots) are independent: overlap.
+        let (images, vm) = std::thread::scope(|s| {
+            let loader = s.spawn(|| boot::load_images(&mem, &cfg.kernel, cfg.initrd.as_deref()));
+            let vm = Vm::new(&mem);
+            (loader.join(), vm)
+        });
+        let images = images.map_err(|_| Error::LoaderThread)??;
+        let vm = vm?;
+        let parts = Parts::new(cfg, opts, vm, &mem)?;
+        let profile = match (host, opts.host_profile) {
+            (HostKind::Pvm, true) => {
+                let khz = parts.vcpus[0].tsc_khz().unwrap_or(0);
+                (khz > 0).then(|| host::pvm_cmdline(khz))
+            }
+            _ => None,
+        };
+        let dm = &parts.dm;
+        let on_cmdline = dm.registry.is_empty() || virtio_on_cmdline(images.kernel.virtio_cmdline);
+        let (virtio_args, acpi_virtio) = if on_cmdline {
+            (dm.cmdline.as_slice(), Vec::new())
+        } else {
+            (&[][..], dm.acpi_devices())
+        };
+        let cmdline = full_cmdline(cfg, virtio_args, parts.root.as_deref(), profile.as_deref());
+        log::debug!("kernel command line: {cmdline}");
+        let entry = boot::write_boot_data(
+            &mem,
+            &images,
+            cfg.mem_mib,
+            cfg.vcpus,
+            &cmdline,
+            &acpi_virtio,
+        )?;
+        let supported = vcpu::supported_cpuid(parts.vm.kvm())?;
+        let threads = if cfg.smt { 2 } else { 1 };
+        for v in &parts.vcpus {
+            v.configure(&supported, entry.entry.0, cfg.vcpus, threads)?;
+        }
+        parts.finish(cfg, opts, host, mem)
+    }
+
+    /// Build the VM a snapshot describes, its memory mapped from `mem_file`
+    /// and every vCPU and device put back as it was. Nothing runs yet.
+    pub fn restore(
+        snap: &crate::snapshot::MicrovmState,
+        mem_file: &std::path::Path,
+        opts: &RunOptions,
+    ) -> Result<Vmm, Error> {
+        let cfg = &snap.config;
+        let host = prepare(cfg)?;
+        snap.check()?;
+        let ranges = memory::ram_ranges(cfg.mem_mib);
+        let mem = crate::snapshot::memory::map(mem_file, &ranges, cfg.mem_mib)
+            .map_err(crate::snapshot::Error::from)?;
+        let vm = Vm::new(&mem)?;
+        crate::vstate::state::restore_vm(vm.fd(), &snap.vm)?;
+        let mut parts = Parts::new(cfg, opts, vm, &mem)?;
+        // The vCPUs first: an interrupt a device raises again as it is
+        // restored then reaches a restored LAPIC.
+        for (v, s) in parts.vcpus.iter().zip(&snap.vcpus) {
+            v.restore(s)?;
+        }
+        parts
+            .dm
+            .restore_state(&snap.devices, &parts.vm)
+            .map_err(crate::snapshot::Error::from)?;
+        parts.finish(cfg, opts, host, mem)
+    }
 
     /// Start the vCPU threads.
     pub fn start(&mut self) -> Result<(), Error> {
+        self.start_threads(false)
+    }
+
+    /// Start the vCPU threads paused: the guest runs once resumed (a
+    /// snapshot loaded without `resume_vm`).
+    pub fn start_paused(&mut self) -> Result<(), Error> {
+        self.start_threads(true)?;
+        for v in &self.vcpus {
+            v.wait_paused(VCPU_ANSWER_TIMEOUT)?;
+        }
+        Ok(())
+    }
+
+    fn start_threads(&mut self, paused: bool) -> Result<(), Error> {
         if self.state != VmState::Built {
             return Err(Error::State("started"));
         }
         for v in self.unstarted.drain(..) {
-            self.vcpus.push(v.start(self.vcpu_filter.clone())?);
+            self.vcpus.push(v.start(self.vcpu_filter.clone(), paused)?);
         }
-        self.state = VmState::Running;
+        self.state = if paused {
+            VmState::Paused
+        } else {
+            VmState::Running
+        };
+        Ok(())
+    }
+
+    /// Write a snapshot of the paused VM: its state to `state_path`, its
+    /// memory to `mem_path` (each to a temporary name, then renamed).
+    pub fn snapshot(&mut self, p: &crate::snapshot::CreateParams) -> Result<(), Error> {
+        use crate::snapshot::{self, MicrovmState, SnapshotType};
+        if self.state != VmState::Paused {
+            return Err(Error::NotPaused);
+        }
+        if p.snapshot_type == SnapshotType::Diff {
+            return Err(snapshot::Error::Diff.into());
+        }
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
+        for v in &self.vcpus {
+            vcpus.push(v.save_state(self.msr_list.clone(), VCPU_ANSWER_TIMEOUT)?);
+        }
+        let state = MicrovmState {
+            config: self.cfg.clone(),
+            vm: crate::vstate::state::save_vm(self.vm.fd())?,
+            vcpus,
+            devices: self.dm.save_state().map_err(snapshot::Error::from)?,
+        };
+        let written =
+            snapshot::memory::save(&self.mem, &p.mem_file_path).map_err(snapshot::Error::from)?;
+        snapshot::format::write(&p.snapshot_path, &state).map_err(snapshot::Error::from)?;
+        log::info!(
+            "snapshot: state in {}, memory in {} ({written} bytes of data)",
+            p.snapshot_path.display(),
+            p.mem_file_path.display()
+        );
         Ok(())
     }
 
@@ -411,7 +549,7 @@ impl Vmm {
     /// Set the balloon's target: the guest is told with a
     /// configuration-change interrupt and inflates or deflates to it.
     pub fn update_balloon(&mut self, amount_mib: u32) -> Result<(), Error> {
-        crate::config::services::check_balloon_target(amount_mib, self.mem_mib)?;
+        crate::config::services::check_balloon_target(amount_mib, self.cfg.mem_mib)?;
         let (balloon, _) = self.dm.balloon().ok_or(Error::NoBalloon)?;
         devices::bus::lock(balloon).update_target(amount_mib)?;
         Ok(())

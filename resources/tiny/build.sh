@@ -3,6 +3,8 @@
 # entered in 64-bit mode like a vmlinux. Prints one NAME=PATH line each:
 #   tiny_reset=...   resets through the i8042 at once (flint exits 0)
 #   tiny_triple=...  triple-faults at once (flint exits 3)
+#   tiny_counter=... counts in its memory and prints "count N" on COM1 for
+#                    ever (the snapshot tests)
 set -euo pipefail
 FLINT_PROG=tiny/build.sh
 # shellcheck source=../lib.sh
@@ -12,14 +14,14 @@ need_cmd as binutils
 need_cmd ld binutils
 install_missing
 
-manifest=$(cache_manifest file:tiny/build.sh file:tiny/reset.S file:tiny/triple.S pkg:binutils)
+manifest=$(cache_manifest file:tiny/build.sh file:tiny/reset.S file:tiny/triple.S file:tiny/counter.S pkg:binutils)
 key=$(cache_key "$manifest")
 dir=$FLINT_CACHE/tiny/$key
 if [ ! -f "$dir/reset.elf" ]; then
 	cache_lock "$FLINT_CACHE/tiny" "$key"
 	if [ ! -f "$dir/reset.elf" ]; then
 		tmp=$(mktemp -d "$FLINT_CACHE/tiny/.build-XXXXXX")
-		for g in reset triple; do
+		for g in reset triple counter; do
 			as --64 -o "$tmp/$g.o" "$FLINT_RESOURCES/tiny/$g.S"
 			# Linked at 16 MiB, where a vmlinux is, so the loader treats it alike.
 			ld -m elf_x86_64 -nostdlib -static -Ttext=0x1000000 -e _start -o "$tmp/$g.elf" "$tmp/$g.o"
@@ -32,3 +34,4 @@ if [ ! -f "$dir/reset.elf" ]; then
 fi
 echo "tiny_reset=$dir/reset.elf"
 echo "tiny_triple=$dir/triple.elf"
+echo "tiny_counter=$dir/counter.elf"

@@ -109,6 +109,8 @@ pub enum Preboot {
     Reply(Response),
     /// `InstanceStart`: the caller builds the VM and answers.
     Start,
+    /// `PUT /snapshot/load`: the caller restores the VM and answers.
+    Load(crate::snapshot::LoadParams),
 }
 
 fn result(what: &str, r: Result<(), impl std::fmt::Display>) -> Response {
@@ -148,6 +150,16 @@ pub fn preboot(st: &mut ApiState, req: ApiRequest) -> Preboot {
             "{what}: the microVM is not started yet; InstanceStart first"
         )),
         ApiRequest::Action(ActionType::InstanceStart) => return Preboot::Start,
+        ApiRequest::CreateSnapshot(_) => Response::Fault(format!(
+            "{what}: the microVM is not started yet; there is nothing to snapshot"
+        )),
+        ApiRequest::LoadSnapshot(p) => match st.resources.configured() {
+            Some(what_set) => Response::Fault(format!(
+                "{what}: loading a snapshot is not allowed after configuring \
+                 boot-specific resources ({what_set} is set): a snapshot brings its own"
+            )),
+            None => return Preboot::Load(p),
+        },
         ApiRequest::Action(ActionType::SendCtrlAltDel) => Response::Fault(format!(
             "{what}: the microVM is not started yet; InstanceStart first"
         )),
@@ -214,6 +226,10 @@ pub fn running(st: &mut ApiState, vmm: &mut Vmm, req: ApiRequest) -> Response {
         ApiRequest::Action(ActionType::SendCtrlAltDel) => result(&what, vmm.send_ctrl_alt_del()),
         ApiRequest::Action(ActionType::FlushMetrics) => result(&what, vmm.flush_metrics()),
         ApiRequest::PatchVm(VmStateBody::Paused) => result(&what, vmm.pause()),
+        ApiRequest::CreateSnapshot(p) => result(&what, vmm.snapshot(&p)),
+        ApiRequest::LoadSnapshot(_) => Response::Fault(format!(
+            "{what}: a snapshot is loaded only into a flint that has not started a microVM"
+        )),
         ApiRequest::PatchVm(VmStateBody::Resumed) => result(&what, vmm.resume()),
         ApiRequest::PatchDrive(d) => {
             if !st.resources.drives.iter().any(|x| x.drive_id == d.drive_id) {
@@ -260,6 +276,8 @@ pub fn running(st: &mut ApiState, vmm: &mut Vmm, req: ApiRequest) -> Response {
 pub enum StartWait {
     /// `InstanceStart` arrived: answer on the sender once the VM is built.
     Start(Sender<Response>),
+    /// `PUT /snapshot/load` arrived: answer once the VM is restored.
+    Load(crate::snapshot::LoadParams, Sender<Response>),
     /// A shutdown signal arrived first.
     Signal(i32),
     /// The API thread is gone.
@@ -282,6 +300,7 @@ pub fn serve_until_start(
                         let _ = reply.send(r);
                     }
                     Preboot::Start => return StartWait::Start(reply),
+                    Preboot::Load(p) => return StartWait::Load(p, reply),
                 },
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => return StartWait::Closed,
@@ -341,6 +360,7 @@ mod tests {
         match preboot(st, req) {
             Preboot::Reply(r) => r,
             Preboot::Start => Response::fault("START"),
+            Preboot::Load(_) => Response::fault("LOAD"),
         }
     }
 

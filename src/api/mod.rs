@@ -135,6 +135,8 @@ pub enum ApiRequest {
     PatchBalloon(BalloonUpdate),
     GetBalloonStats,
     PatchBalloonStats(BalloonStatsUpdate),
+    CreateSnapshot(crate::snapshot::CreateParams),
+    LoadSnapshot(crate::snapshot::LoadParams),
 }
 
 impl ApiRequest {
@@ -163,6 +165,8 @@ impl ApiRequest {
             ApiRequest::PatchBalloon(_) => "PATCH /balloon".into(),
             ApiRequest::GetBalloonStats => "GET /balloon/statistics".into(),
             ApiRequest::PatchBalloonStats(_) => "PATCH /balloon/statistics".into(),
+            ApiRequest::CreateSnapshot(_) => "PUT /snapshot/create".into(),
+            ApiRequest::LoadSnapshot(_) => "PUT /snapshot/load".into(),
         }
     }
 }

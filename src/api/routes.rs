@@ -12,9 +12,8 @@ use crate::config::{
 };
 
 /// Paths of Firecracker features flint does not have yet.
-const UNSUPPORTED: [(&str, &str); 7] = [
+const UNSUPPORTED: [(&str, &str); 6] = [
     ("mmds", "MMDS (the microVM metadata service)"),
-    ("snapshot", "snapshots"),
     ("cpu-config", "CPU templates (cpu-config)"),
     ("pmem", "virtio-pmem"),
     ("hotplug", "memory hotplug"),
@@ -215,6 +214,14 @@ pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, String
             >(&what, body)?)),
             _ => bad_method("GET, PATCH"),
         },
+        ["snapshot", "create"] => match method {
+            "PUT" => Ok(ApiRequest::CreateSnapshot(parse_body(&what, body)?)),
+            _ => bad_method("PUT"),
+        },
+        ["snapshot", "load"] => match method {
+            "PUT" => Ok(ApiRequest::LoadSnapshot(parse_body(&what, body)?)),
+            _ => bad_method("PUT"),
+        },
         [first, ..] => match UNSUPPORTED.iter().find(|(p, _)| p == first) {
             Some((_, feature)) => Err(format!("{what}: flint does not support {feature} yet")),
             None => Err(format!("Invalid request method and/or path: {what}")),
@@ -335,7 +342,7 @@ mod tests {
             parse("GET", "/balloon/statistics", b"").unwrap(),
             ApiRequest::GetBalloonStats
         );
-        assert!(err("PUT", "/snapshot/create", "{}").contains("snapshots"));
+        assert!(err("PUT", "/snapshot/create", "{}").contains("snapshot_path"));
         assert!(err("PUT", "/actions", r#"{"action_type": "Reboot"}"#).contains("unknown variant"));
     }
 }

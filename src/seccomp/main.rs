@@ -21,6 +21,10 @@ const IOCTLS: &[(u64, &str)] = &[
     (KVM_IRQ_LINE_STATUS, "KVM_IRQ_LINE_STATUS"),
     (KVM_IRQFD, "KVM_IRQFD"),
     (KVM_IOEVENTFD, "KVM_IOEVENTFD"),
+    // PUT /snapshot/create: the VM's interrupt controllers, PIT and clock.
+    (KVM_GET_IRQCHIP, "KVM_GET_IRQCHIP"),
+    (KVM_GET_PIT2, "KVM_GET_PIT2"),
+    (KVM_GET_CLOCK, "KVM_GET_CLOCK"),
 ];
 
 const FCNTLS: &[(u64, &str)] = &[
@@ -128,10 +132,18 @@ pub(super) const ALLOW: &[Allow] = &[
     sys!(SYS_fstat, "PATCH /drives: the new file's size (older libc)"),
     sys!(
         SYS_unlink,
-        "removing the API and vsock sockets on the way out"
+        "removing the API and vsock sockets on the way out; a snapshot's temporary file after a failure"
+    ),
+    sys!(
+        SYS_ftruncate,
+        "PUT /snapshot/create: the memory file's length (its zero pages are holes)"
+    ),
+    sys!(
+        SYS_rename,
+        "PUT /snapshot/create: the state and memory files are renamed into place"
     ),
     sys!(SYS_fcntl, "descriptor flags: dup with CLOEXEC, non-blocking mode", arg 1 in FCNTLS),
-    sys!(SYS_ioctl, "terminal mode, non-blocking sockets, TAP offloads, interrupts", arg 1 in IOCTLS),
+    sys!(SYS_ioctl, "terminal mode, non-blocking sockets, TAP offloads, interrupts, a snapshot's KVM_GET_*", arg 1 in IOCTLS),
     // Memory, threads and signals, as Rust's std and the allocator use them.
     sys!(SYS_mmap, "the allocator; the teardown helper's stack"),
     sys!(SYS_munmap, "the allocator"),

@@ -170,6 +170,18 @@ pub(crate) mod values {
     pub const KVM_TRANSLATE: u64 = iowr::<kvm_bindings::kvm_translation>(0x85);
     pub const KVM_GET_VCPU_EVENTS: u64 = ior::<kvm_bindings::kvm_vcpu_events>(0x9f);
     pub const KVM_SET_VCPU_EVENTS: u64 = iow::<kvm_bindings::kvm_vcpu_events>(0xa0);
+    // A snapshot: the vCPU's state (its own thread), the VM's (main).
+    pub const KVM_GET_MSRS: u64 = iowr::<kvm_bindings::kvm_msrs>(0x88);
+    pub const KVM_GET_LAPIC: u64 = ior::<kvm_bindings::kvm_lapic_state>(0x8e);
+    pub const KVM_GET_CPUID2: u64 = iowr::<kvm_bindings::kvm_cpuid2>(0x91);
+    pub const KVM_GET_MP_STATE: u64 = ior::<kvm_bindings::kvm_mp_state>(0x98);
+    pub const KVM_GET_DEBUGREGS: u64 = ior::<kvm_bindings::kvm_debugregs>(0xa1);
+    pub const KVM_GET_TSC_KHZ: u64 = io(0xa3);
+    pub const KVM_GET_XSAVE: u64 = ior::<kvm_bindings::kvm_xsave>(0xa4);
+    pub const KVM_GET_XCRS: u64 = ior::<kvm_bindings::kvm_xcrs>(0xa6);
+    pub const KVM_GET_IRQCHIP: u64 = iowr::<kvm_bindings::kvm_irqchip>(0x62);
+    pub const KVM_GET_CLOCK: u64 = ior::<kvm_bindings::kvm_clock_data>(0x7c);
+    pub const KVM_GET_PIT2: u64 = ior::<kvm_bindings::kvm_pit_state2>(0x9f);
     pub const KVM_IRQ_LINE: u64 = iow::<kvm_bindings::kvm_irq_level>(0x61);
     pub const KVM_IRQ_LINE_STATUS: u64 = iowr::<kvm_bindings::kvm_irq_level>(0x67);
     pub const KVM_IRQFD: u64 = iow::<kvm_bindings::kvm_irqfd>(0x76);

@@ -20,6 +20,15 @@ const IOCTLS: &[(u64, &str)] = &[
     (KVM_SET_VCPU_EVENTS, "KVM_SET_VCPU_EVENTS"),
     (KVM_IRQ_LINE, "KVM_IRQ_LINE"),
     (KVM_IRQ_LINE_STATUS, "KVM_IRQ_LINE_STATUS"),
+    // PUT /snapshot/create: the paused vCPU's state.
+    (KVM_GET_MP_STATE, "KVM_GET_MP_STATE"),
+    (KVM_GET_CPUID2, "KVM_GET_CPUID2"),
+    (KVM_GET_XSAVE, "KVM_GET_XSAVE"),
+    (KVM_GET_XCRS, "KVM_GET_XCRS"),
+    (KVM_GET_DEBUGREGS, "KVM_GET_DEBUGREGS"),
+    (KVM_GET_LAPIC, "KVM_GET_LAPIC"),
+    (KVM_GET_MSRS, "KVM_GET_MSRS"),
+    (KVM_GET_TSC_KHZ, "KVM_GET_TSC_KHZ"),
     (TUNSETOFFLOAD, "TUNSETOFFLOAD"),
     (TUNSETVNETHDRSZ, "TUNSETVNETHDRSZ"),
     (FIONBIO, "FIONBIO"),
@@ -31,7 +40,7 @@ const SIGNALS: &[(u64, &str)] = &[(SIGABRT, "SIGABRT")];
 const FCNTLS: &[(u64, &str)] = &[(libc::F_GETFD as u64, "F_GETFD")];
 
 pub(super) const ALLOW: &[Allow] = &[
-    sys!(SYS_ioctl, "KVM_RUN, exit handling, TAP offloads; TCSETS restores the terminal on a panic", arg 1 in IOCTLS),
+    sys!(SYS_ioctl, "KVM_RUN, exit handling, TAP offloads, a snapshot's KVM_GET_*; TCSETS restores the terminal on a panic", arg 1 in IOCTLS),
     sys!(SYS_read, "eventfds drained by device reset and activation"),
     sys!(
         SYS_write,

@@ -251,10 +251,21 @@ pub fn write<T: Serialize>(path: &Path, state: &T) -> Result<(), Error> {
 /// Read the snapshot file at `path` (checked as [`decode`] does, for this
 /// host's CPU); the file is only read.
 pub fn read<T: DeserializeOwned>(path: &Path) -> Result<(Header, T), Error> {
-    let data = std::fs::read(path).map_err(|source| Error::Read {
+    let err = |source| Error::Read {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let mut file = std::fs::File::open(path).map_err(err)?;
+    let meta = file.metadata().map_err(err)?;
+    if !meta.is_file() {
+        return Err(err(std::io::Error::other("not a regular file")));
+    }
+    // Larger than a header and a state can be: not one of flint's files.
+    if meta.len() > 2 * MAX_SECTION + 64 {
+        return Err(Error::Magic);
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    std::io::Read::read_to_end(&mut file, &mut data).map_err(err)?;
     decode(&data, &cpu_vendor())
 }
 

@@ -1,4 +1,183 @@
 //! Snapshots of a microVM: its state in a checksummed, versioned file
-//! ([`format`]), its memory in a file of its own.
+//! ([`format`]), its memory in a file of its own ([`memory`]); and the
+//! bodies of Firecracker's `PUT /snapshot/create` and `PUT /snapshot/load`.
+//!
+//! A snapshot is taken of a paused VM. Restoring builds the VM the state
+//! file's configuration describes (the same devices at the same places),
+//! maps the memory file privately, and puts every vCPU and device back as
+//! it was; disks and TAP devices are opened again by name, so they must
+//! still exist (a TAP may be renamed with `network_overrides`).
 
+pub mod devices;
 pub mod format;
+pub mod memory;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::VmConfig;
+use crate::vstate::state::{VcpuState, VmState};
+use devices::DevicesState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Format(#[from] format::Error),
+    #[error(transparent)]
+    Memory(#[from] memory::Error),
+    #[error(transparent)]
+    Devices(#[from] devices::Error),
+    #[error("the snapshot holds {file} vCPU states for a VM of {config} vCPUs")]
+    VcpuCount { file: usize, config: u8 },
+    #[error("network_overrides: the snapshot has no network interface {0:?}")]
+    NoIface(String),
+    #[error("snapshot_type Diff is not supported yet: take a Full snapshot")]
+    Diff,
+    #[error("mem_backend: the Uffd backend is not supported yet: use backend_type File")]
+    Uffd,
+    #[error("give the memory file as mem_backend (or mem_file_path), not both or neither")]
+    MemFile,
+}
+
+/// Everything of a microVM but its memory.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MicrovmState {
+    /// What the VM was built from: restoring builds the same devices.
+    pub config: VmConfig,
+    pub vm: VmState,
+    pub vcpus: Vec<VcpuState>,
+    pub devices: DevicesState,
+}
+
+impl MicrovmState {
+    /// The parts agree with each other.
+    pub fn check(&self) -> Result<(), Error> {
+        if self.vcpus.len() != usize::from(self.config.vcpus) {
+            return Err(Error::VcpuCount {
+                file: self.vcpus.len(),
+                config: self.config.vcpus,
+            });
+        }
+        Ok(())
+    }
+
+    /// Point network interfaces at other TAP devices.
+    pub fn apply_overrides(&mut self, overrides: &[NetworkOverride]) -> Result<(), Error> {
+        for o in overrides {
+            let net = self
+                .config
+                .nets
+                .iter_mut()
+                .find(|n| n.iface_id == o.iface_id)
+                .ok_or_else(|| Error::NoIface(o.iface_id.clone()))?;
+            net.host_dev_name = o.host_dev_name.clone();
+        }
+        Ok(())
+    }
+}
+
+/// Firecracker's `snapshot_type`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum SnapshotType {
+    #[default]
+    Full,
+    Diff,
+}
+
+/// The body of `PUT /snapshot/create`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateParams {
+    #[serde(default)]
+    pub snapshot_type: SnapshotType,
+    pub snapshot_path: PathBuf,
+    pub mem_file_path: PathBuf,
+    /// Firecracker's (deprecated) target version: ignored.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// Firecracker's `mem_backend.backend_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum BackendType {
+    File,
+    Uffd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemBackend {
+    pub backend_type: BackendType,
+    pub backend_path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkOverride {
+    pub iface_id: String,
+    pub host_dev_name: String,
+}
+
+/// The body of `PUT /snapshot/load`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadParams {
+    pub snapshot_path: PathBuf,
+    #[serde(default)]
+    pub mem_backend: Option<MemBackend>,
+    /// Firecracker's older way to give the memory file.
+    #[serde(default)]
+    pub mem_file_path: Option<PathBuf>,
+    #[serde(default)]
+    pub enable_diff_snapshots: bool,
+    #[serde(default)]
+    pub track_dirty_pages: bool,
+    #[serde(default)]
+    pub resume_vm: bool,
+    #[serde(default)]
+    pub network_overrides: Vec<NetworkOverride>,
+}
+
+impl LoadParams {
+    /// The memory file to map (the File backend).
+    pub fn mem_file(&self) -> Result<&std::path::Path, Error> {
+        match (&self.mem_backend, &self.mem_file_path) {
+            (Some(b), None) if b.backend_type == BackendType::File => Ok(&b.backend_path),
+            (Some(_), None) => Err(Error::Uffd),
+            (None, Some(p)) => Ok(p),
+            _ => Err(Error::MemFile),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn firecracker_bodies() {
+        let c: CreateParams = serde_json::from_str(
+            r#"{"snapshot_type": "Full", "snapshot_path": "/s", "mem_file_path": "/m"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.snapshot_type, SnapshotType::Full);
+        let l: LoadParams = serde_json::from_str(
+            r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m"},
+                "resume_vm": true, "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap9"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(l.mem_file().unwrap(), std::path::Path::new("/m"));
+        assert!(l.resume_vm);
+        let old: LoadParams =
+            serde_json::from_str(r#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#).unwrap();
+        assert_eq!(old.mem_file().unwrap(), std::path::Path::new("/m"));
+        let uffd: LoadParams = serde_json::from_str(
+            r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/u"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(uffd.mem_file(), Err(Error::Uffd)));
+        let neither: LoadParams = serde_json::from_str(r#"{"snapshot_path": "/s"}"#).unwrap();
+        assert!(matches!(neither.mem_file(), Err(Error::MemFile)));
+    }
+}

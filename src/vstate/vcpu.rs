@@ -33,6 +33,8 @@ pub enum Error {
     },
     #[error("cannot start the thread of vCPU {id}: {source}")]
     Thread { id: u8, source: std::io::Error },
+    #[error(transparent)]
+    State(#[from] super::state::Error),
 }
 
 /// Why the guest stopped, as reported to the VMM loop.
@@ -240,6 +242,11 @@ impl Vcpu {
         Ok(())
     }
 
+    /// Put a snapshot's state back (instead of [`Vcpu::configure`]).
+    pub fn restore(&self, s: &super::state::VcpuState) -> Result<(), Error> {
+        Ok(super::state::restore_vcpu(&self.fd, s)?)
+    }
+
     /// The host TSC rate KVM gives this vCPU, in kHz.
     pub fn tsc_khz(&self) -> Option<u32> {
         self.fd.get_tsc_khz().ok()
@@ -247,13 +254,19 @@ impl Vcpu {
 
     /// Start the vCPU's thread; the handle pauses, resumes and kicks it.
     /// [`vcpu_control::install_kick_handler`] must have run.
-    /// The thread installs `filter` (seccomp) before its first KVM_RUN.
+    /// The thread installs `filter` (seccomp) before its first KVM_RUN;
+    /// with `paused` it waits for a resume before it.
     pub fn start(
         self,
         filter: Option<std::sync::Arc<seccompiler::BpfProgram>>,
+        paused: bool,
     ) -> Result<VcpuHandle, Error> {
         let id = self.id;
         let (cmd_tx, cmd_rx) = channel();
+        if paused {
+            // Read before the first KVM_RUN: the guest runs nothing.
+            let _ = cmd_tx.send(vcpu_control::VcpuCmd::Pause);
+        }
         let (ack_tx, ack_rx) = channel();
         let ctl = VcpuControl {
             cmd: cmd_rx,
@@ -281,7 +294,10 @@ impl Vcpu {
             timer::mark(Phase::FirstKvmRun);
         }
         loop {
-            if ctl.poll() == Next::Exit {
+            let (fd, id) = (&self.fd, self.id);
+            let mut save =
+                |msrs: &[u32]| super::state::save_vcpu(fd, id, msrs).map_err(|e| e.to_string());
+            if ctl.poll(&mut save) == Next::Exit {
                 return;
             }
             let action = match self.fd.run() {

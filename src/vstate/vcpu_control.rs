@@ -11,8 +11,12 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use kvm_bindings::kvm_run;
 use vmm_sys_util::signal::{register_signal_handler, Killable};
+
+use super::state::VcpuState;
 
 /// Errors from driving a vCPU thread.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +30,8 @@ pub enum Error {
     },
     #[error("vCPU {0} has stopped")]
     Gone(u8),
+    #[error("vCPU {id}: cannot take its state: {why}")]
+    Save { id: u8, why: String },
     #[error("vCPU {id} did not answer {what} within {ms} ms")]
     Timeout {
         id: u8,
@@ -35,18 +41,21 @@ pub enum Error {
 }
 
 /// What the VMM asks of a vCPU thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VcpuCmd {
     Pause,
     Resume,
     Exit,
+    /// Take the vCPU's KVM state, with these MSRs (a snapshot; paused).
+    SaveState(Arc<[u32]>),
 }
 
 /// What a vCPU thread answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum VcpuAck {
     Paused,
     Resumed,
+    Saved(Box<Result<VcpuState, String>>),
 }
 
 /// The kick signal: the first real-time signal, which the C library leaves
@@ -125,11 +134,20 @@ impl VcpuHandle {
         self.kick()
     }
 
-    fn wait(&self, want: VcpuAck, what: &'static str, timeout: Duration) -> Result<(), Error> {
+    /// Wait for the first answer `want` takes (others are dropped).
+    fn wait<T>(
+        &self,
+        want: impl Fn(VcpuAck) -> Option<T>,
+        what: &'static str,
+        timeout: Duration,
+    ) -> Result<T, Error> {
         loop {
             match self.ack.recv_timeout(timeout) {
-                Ok(a) if a == want => return Ok(()),
-                Ok(_) => continue,
+                Ok(a) => {
+                    if let Some(t) = want(a) {
+                        return Ok(t);
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     return Err(Error::Timeout {
                         id: self.id,
@@ -149,7 +167,11 @@ impl VcpuHandle {
 
     /// Wait until the thread says it has paused.
     pub fn wait_paused(&self, timeout: Duration) -> Result<(), Error> {
-        self.wait(VcpuAck::Paused, "pause", timeout)
+        self.wait(
+            |a| matches!(a, VcpuAck::Paused).then_some(()),
+            "pause",
+            timeout,
+        )
     }
 
     /// Ask the thread to resume (without waiting for it).
@@ -161,7 +183,25 @@ impl VcpuHandle {
 
     /// Wait until the thread says it runs again.
     pub fn wait_resumed(&self, timeout: Duration) -> Result<(), Error> {
-        self.wait(VcpuAck::Resumed, "resume", timeout)
+        self.wait(
+            |a| matches!(a, VcpuAck::Resumed).then_some(()),
+            "resume",
+            timeout,
+        )
+    }
+
+    /// The paused vCPU's KVM state, with the MSRs of `msrs`.
+    pub fn save_state(&self, msrs: Arc<[u32]>, timeout: Duration) -> Result<VcpuState, Error> {
+        self.send(VcpuCmd::SaveState(msrs))?;
+        let saved = self.wait(
+            |a| match a {
+                VcpuAck::Saved(r) => Some(*r),
+                _ => None,
+            },
+            "take its state",
+            timeout,
+        )?;
+        saved.map_err(|why| Error::Save { id: self.id, why })
     }
 
     /// Ask the thread to end and wait for it.
@@ -188,7 +228,8 @@ pub enum Next {
 
 impl VcpuControl {
     /// Handle every pending command; while paused, block until resumed.
-    pub fn poll(&self) -> Next {
+    /// `save` takes the vCPU's state for a [`VcpuCmd::SaveState`].
+    pub fn poll(&self, save: &mut dyn FnMut(&[u32]) -> Result<VcpuState, String>) -> Next {
         let mut paused = false;
         loop {
             let cmd = if paused {
@@ -215,6 +256,9 @@ impl VcpuControl {
                     }
                 }
                 VcpuCmd::Exit => return Next::Exit,
+                VcpuCmd::SaveState(msrs) => {
+                    let _ = self.ack.send(VcpuAck::Saved(Box::new(save(&msrs))));
+                }
             }
         }
     }
@@ -233,14 +277,14 @@ mod tests {
             cmd: cmd_rx,
             ack: ack_tx,
         };
-        assert_eq!(ctl.poll(), Next::Run);
+        assert_eq!(ctl.poll(&mut no_save), Next::Run);
         cmd_tx.send(VcpuCmd::Pause).unwrap();
-        let t = std::thread::spawn(move || ctl.poll());
-        assert_eq!(ack_rx.recv().unwrap(), VcpuAck::Paused);
+        let t = std::thread::spawn(move || ctl.poll(&mut no_save));
+        assert!(matches!(ack_rx.recv().unwrap(), VcpuAck::Paused));
         std::thread::sleep(Duration::from_millis(20));
         assert!(!t.is_finished(), "a paused vCPU must wait for Resume");
         cmd_tx.send(VcpuCmd::Resume).unwrap();
-        assert_eq!(ack_rx.recv().unwrap(), VcpuAck::Resumed);
+        assert!(matches!(ack_rx.recv().unwrap(), VcpuAck::Resumed));
         assert_eq!(t.join().unwrap(), Next::Run);
     }
 
@@ -253,8 +297,36 @@ mod tests {
             ack: ack_tx,
         };
         cmd_tx.send(VcpuCmd::Exit).unwrap();
-        assert_eq!(ctl.poll(), Next::Exit);
+        assert_eq!(ctl.poll(&mut no_save), Next::Exit);
         drop(cmd_tx);
-        assert_eq!(ctl.poll(), Next::Exit);
+        assert_eq!(ctl.poll(&mut no_save), Next::Exit);
+    }
+
+    fn no_save(_: &[u32]) -> Result<VcpuState, String> {
+        Err("no vCPU here".into())
+    }
+
+    #[test]
+    fn a_paused_vcpu_answers_a_save_and_stays_paused() {
+        let (cmd_tx, cmd_rx) = channel();
+        let (ack_tx, ack_rx) = channel();
+        let ctl = VcpuControl {
+            cmd: cmd_rx,
+            ack: ack_tx,
+        };
+        cmd_tx.send(VcpuCmd::Pause).unwrap();
+        let t = std::thread::spawn(move || ctl.poll(&mut no_save));
+        assert!(matches!(ack_rx.recv().unwrap(), VcpuAck::Paused));
+        cmd_tx
+            .send(VcpuCmd::SaveState(Arc::from(vec![0x10u32])))
+            .unwrap();
+        match ack_rx.recv().unwrap() {
+            VcpuAck::Saved(r) => assert_eq!(r.unwrap_err(), "no vCPU here"),
+            other => panic!("{other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!t.is_finished(), "still paused after the save");
+        cmd_tx.send(VcpuCmd::Resume).unwrap();
+        assert_eq!(t.join().unwrap(), Next::Run);
     }
 }

@@ -1,0 +1,218 @@
+//! The guest memory file of a snapshot: the guest's RAM ranges one after
+//! the other, in address order (the layout [`crate::memory::ram_ranges`]
+//! gives for the VM's size). Pages that hold only zeros are not written:
+//! the file has holes there, which read back as zeros and take no disk.
+//!
+//! Restoring maps the file privately (MAP_PRIVATE): a page is read from
+//! the file when the guest first touches it, and the guest's writes stay
+//! in flint's memory, never in the file.
+
+// Memory files are input files: mapping one must not panic.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented
+    )
+)]
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap, MemoryRegionAddress,
+};
+
+const PAGE: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot write the memory file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the memory file {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the memory file {path} has {len} bytes; the snapshot's guest has {want} ({mib} MiB)")]
+    Size {
+        path: PathBuf,
+        len: u64,
+        want: u64,
+        mib: u64,
+    },
+    #[error("cannot map the memory file {path}: {why}")]
+    Map { path: PathBuf, why: String },
+    #[error("guest memory at {0:#x} has no host address")]
+    HostAddress(u64),
+}
+
+/// Write every RAM range of `mem` to `path` (a temporary name beside it,
+/// then a rename); the bytes written, holes excluded.
+pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<u64, Error> {
+    let err = |source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let result = write_ranges(mem, &tmp).and_then(|n| {
+        std::fs::rename(&tmp, path).map_err(err)?;
+        Ok(n)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn write_ranges(mem: &GuestMemoryMmap, path: &Path) -> Result<u64, Error> {
+    let err = |source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::create(path).map_err(err)?;
+    let mut offset = 0u64;
+    let mut written = 0u64;
+    for region in mem.iter() {
+        let len = region.len() as usize;
+        let host = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|_| Error::HostAddress(region.start_addr().0))?;
+        // SAFETY: `host` is the start of this region's live mapping of
+        // `len` bytes, which `mem` keeps alive for this call; the VM is
+        // paused, so nothing writes it meanwhile (the bytes are only read).
+        let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, len) };
+        for (i, page) in bytes.chunks(PAGE).enumerate() {
+            if page.iter().all(|&b| b == 0) {
+                continue;
+            }
+            file.write_all_at(page, offset + (i * PAGE) as u64)
+                .map_err(err)?;
+            written += page.len() as u64;
+        }
+        offset += len as u64;
+    }
+    file.set_len(offset).map_err(err)?;
+    file.seek(SeekFrom::End(0)).map_err(err)?;
+    file.flush().map_err(err)?;
+    file.sync_all().map_err(err)?;
+    Ok(written)
+}
+
+/// Map `path` privately as the guest RAM `ranges` (in file order); the
+/// file must be exactly as long as the ranges together.
+pub fn map(
+    path: &Path,
+    ranges: &[(GuestAddress, usize)],
+    mib: u64,
+) -> Result<GuestMemoryMmap, Error> {
+    let file = File::open(path).map_err(|source| Error::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let len = file
+        .metadata()
+        .map_err(|source| Error::Open {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    let want: u64 = ranges.iter().map(|r| r.1 as u64).sum();
+    if len != want {
+        return Err(Error::Size {
+            path: path.to_path_buf(),
+            len,
+            want,
+            mib,
+        });
+    }
+    let map_err = |why: String| Error::Map {
+        path: path.to_path_buf(),
+        why,
+    };
+    let file = std::sync::Arc::new(file);
+    let mut regions = Vec::with_capacity(ranges.len());
+    let mut offset = 0u64;
+    for &(addr, size) in ranges {
+        let mapping = MmapRegionBuilder::new(size)
+            .with_file_offset(FileOffset::from_arc(file.clone(), offset))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| map_err(e.to_string()))?;
+        let region = GuestRegionMmap::new(mapping, addr)
+            .ok_or_else(|| map_err(format!("the range at {:#x} overflows", addr.0)))?;
+        regions.push(region);
+        offset += size as u64;
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| map_err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("flint-snapmem-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn saved_memory_maps_back_with_holes_for_zero_pages() {
+        let d = dir("rt");
+        let ranges = [(GuestAddress(0), 1 << 20), (GuestAddress(4 << 20), 1 << 20)];
+        let mem = GuestMemoryMmap::from_ranges(&ranges).unwrap();
+        mem.write_slice(b"first", GuestAddress(0x1234)).unwrap();
+        mem.write_slice(b"second", GuestAddress((4 << 20) + 0xff000))
+            .unwrap();
+        let path = d.join("mem");
+        let written = save(&mem, &path).unwrap();
+        assert_eq!(written, 2 * PAGE as u64, "only the two pages with data");
+        let back = map(&path, &ranges, 2).unwrap();
+        let mut buf = [0u8; 6];
+        back.read_slice(&mut buf[..5], GuestAddress(0x1234))
+            .unwrap();
+        assert_eq!(&buf[..5], b"first");
+        back.read_slice(&mut buf, GuestAddress((4 << 20) + 0xff000))
+            .unwrap();
+        assert_eq!(&buf, b"second");
+        // The guest's writes stay in memory: the file is not changed.
+        let before = std::fs::read(&path).unwrap();
+        back.write_slice(b"changed", GuestAddress(0x1234)).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_file_of_the_wrong_size_is_refused() {
+        let d = dir("size");
+        let path = d.join("mem");
+        std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        let e = map(&path, &[(GuestAddress(0), 1 << 20)], 1).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "the memory file {} has 4096 bytes; the snapshot's guest has 1048576 (1 MiB)",
+                path.display()
+            )
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,284 @@
+//! Snapshots with the counting tiny guest (resources/tiny/counter.S: it
+//! adds one to a counter in its memory and prints "count N" on COM1): a
+//! paused guest is snapshotted over the API, and a new flint restored from
+//! the files goes on counting from where it was, whether restored by
+//! `--restore` or by `PUT /snapshot/load` (paused, then resumed). Bad
+//! snapshots are refused with a message naming what is wrong, the files
+//! are left as they were, and the same flint then loads a good one.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::api::ApiVm;
+use common::{sha256, spawn, tiny, Running};
+use serde_json::json;
+
+const MEM_MIB: u64 = 64;
+
+/// A directory of this test's own, removed on drop.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("flint-snap-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The counts the guest printed, in order.
+fn counts(out: &str) -> Vec<u64> {
+    out.lines()
+        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("count "))
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// Wait until the guest printed a count of at least `n`.
+fn wait_count(vm: &Running, n: u64, timeout: Duration) -> Vec<u64> {
+    let end = Instant::now() + timeout;
+    loop {
+        let c = counts(&vm.output());
+        if c.last().is_some_and(|&l| l >= n) {
+            return c;
+        }
+        assert!(
+            Instant::now() < end,
+            "no count {n} within {timeout:?}; output:\n{}",
+            vm.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The count a paused VM printed last, once its output is settled.
+fn last_count(vm: &Running) -> u64 {
+    std::thread::sleep(Duration::from_millis(300));
+    *counts(&vm.output()).last().expect("a count")
+}
+
+/// Boot the counter over the API, let it count to 5, pause it and write a
+/// snapshot into `dir`; returns the last count before the pause and the
+/// running (paused) VM.
+fn snapshot_of_a_counter(dir: &Dir) -> (u64, ApiVm) {
+    let mut api = ApiVm::start("snap", &[]);
+    let mut c = api.client();
+    c.ok(
+        "PUT",
+        "/boot-source",
+        &json!({ "kernel_image_path": tiny("counter") }).to_string(),
+    );
+    c.ok(
+        "PUT",
+        "/machine-config",
+        &json!({ "vcpu_count": 1, "mem_size_mib": MEM_MIB }).to_string(),
+    );
+    c.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    wait_count(&api.vm, 5, Duration::from_secs(60));
+    // A running VM is not snapshotted.
+    let body = json!({
+        "snapshot_type": "Full",
+        "snapshot_path": dir.file("vm.snap"),
+        "mem_file_path": dir.file("vm.mem"),
+    })
+    .to_string();
+    let r = c.put("/snapshot/create", &body);
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.fault().contains("must be paused"), "{}", r.fault());
+    c.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    let last = last_count(&api.vm);
+    c.ok("PUT", "/snapshot/create", &body);
+    assert_eq!(last_count(&api.vm), last, "the guest counted while paused");
+    let _ = api.vm.child.try_wait();
+    (last, api)
+}
+
+#[test]
+fn a_restored_counter_goes_on_from_where_it_was() {
+    let dir = Dir::new("cli");
+    let (last, api) = snapshot_of_a_counter(&dir);
+    let state = std::fs::read(dir.file("vm.snap")).unwrap();
+    assert!(state.starts_with(b"FLINTSNP"));
+    let mem = std::fs::metadata(dir.file("vm.mem")).unwrap();
+    assert_eq!(mem.len(), MEM_MIB << 20);
+    use std::os::unix::fs::MetadataExt;
+    eprintln!(
+        "snapshot of a {MEM_MIB} MiB counter: state file {} bytes, memory file {} bytes long, {} bytes on disk",
+        state.len(),
+        mem.len(),
+        mem.blocks() * 512
+    );
+    assert!(
+        mem.blocks() * 512 < 4 << 20,
+        "the memory file's zero pages are holes"
+    );
+    // The original goes on too, from the same count.
+    let mut c = api.client();
+    c.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    let after = wait_count(&api.vm, last + 2, Duration::from_secs(30));
+    assert!(after.windows(2).all(|w| w[1] == w[0] + 1), "{after:?}");
+    drop(api);
+
+    // A new flint from the files: the next count is the one after the last.
+    let mut vm = spawn(&[
+        "--restore",
+        dir.file("vm.snap").to_str().unwrap(),
+        "--mem-file",
+        dir.file("vm.mem").to_str().unwrap(),
+    ]);
+    let got = wait_count(&vm, last + 5, Duration::from_secs(30));
+    assert_eq!(got.first(), Some(&(last + 1)), "{got:?}");
+    assert!(got.windows(2).all(|w| w[1] == w[0] + 1), "{got:?}");
+    // The memory file is mapped, not read in: flint holds a fraction of it.
+    let rss_kib = status_kib(vm.child.id(), "VmRSS");
+    eprintln!("restored flint: VmRSS {rss_kib} KiB for a {MEM_MIB} MiB guest");
+    assert!(rss_kib < (MEM_MIB << 10) / 2, "VmRSS {rss_kib} KiB");
+    let _ = vm.child.kill();
+    // The files are as they were written: a restore only reads them.
+    assert_eq!(std::fs::read(dir.file("vm.snap")).unwrap(), state);
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn load_body(snap: &Path, mem: &Path, resume: bool) -> String {
+    json!({
+        "snapshot_path": snap,
+        "mem_backend": { "backend_type": "File", "backend_path": mem },
+        "resume_vm": resume,
+    })
+    .to_string()
+}
+
+#[test]
+fn loaded_over_the_api_paused_then_resumed() {
+    let dir = Dir::new("api");
+    let (last, api) = snapshot_of_a_counter(&dir);
+    drop(api);
+    let fresh = ApiVm::start("load", &[]);
+    let mut c = fresh.client();
+    c.ok(
+        "PUT",
+        "/snapshot/load",
+        &load_body(&dir.file("vm.snap"), &dir.file("vm.mem"), false),
+    );
+    let info = c.get("/").json();
+    assert_eq!(info["state"], "Paused", "{info}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        counts(&fresh.vm.output()).is_empty(),
+        "a VM loaded without resume_vm runs nothing:\n{}",
+        fresh.vm.output()
+    );
+    // A second load into the same flint is refused.
+    let r = c.put(
+        "/snapshot/load",
+        &load_body(&dir.file("vm.snap"), &dir.file("vm.mem"), true),
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    c.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    let got = wait_count(&fresh.vm, last + 3, Duration::from_secs(30));
+    assert_eq!(got.first(), Some(&(last + 1)), "{got:?}");
+}
+
+#[test]
+fn bad_snapshots_are_refused_and_left_as_they_were() {
+    let dir = Dir::new("bad");
+    let (last, api) = snapshot_of_a_counter(&dir);
+    drop(api);
+    let snap = dir.file("vm.snap");
+    let mem = dir.file("vm.mem");
+    let good = std::fs::read(&snap).unwrap();
+
+    let mut flipped = good.clone();
+    let at = flipped.len() / 2;
+    flipped[at] ^= 0x10;
+    std::fs::write(dir.file("flipped.snap"), &flipped).unwrap();
+    let mut newer = good.clone();
+    newer[8] = 9; // the format version, checksum left stale: still refused
+    std::fs::write(dir.file("newer.snap"), &newer).unwrap();
+    std::fs::write(dir.file("short.mem"), vec![0u8; 4096]).unwrap();
+    let files_before: Vec<(PathBuf, String)> = ["vm.snap", "flipped.snap", "short.mem"]
+        .iter()
+        .map(|f| (dir.file(f), sha256(&std::fs::read(dir.file(f)).unwrap())))
+        .collect();
+
+    let fresh = ApiVm::start("bad", &[]);
+    let mut c = fresh.client();
+    for (body, says) in [
+        (
+            load_body(&dir.file("flipped.snap"), &mem, true),
+            "corrupted".to_string(),
+        ),
+        (
+            load_body(&dir.file("newer.snap"), &mem, true),
+            "corrupted".to_string(),
+        ),
+        (
+            load_body(&dir.file("missing.snap"), &mem, true),
+            "missing.snap".to_string(),
+        ),
+        (
+            load_body(&snap, &dir.file("short.mem"), true),
+            format!(
+                "has 4096 bytes; the snapshot's guest has {} ({MEM_MIB} MiB)",
+                MEM_MIB << 20
+            ),
+        ),
+        (
+            json!({"snapshot_path": snap, "mem_backend": {"backend_type": "Uffd", "backend_path": "/x"}})
+                .to_string(),
+            "Uffd backend is not supported".to_string(),
+        ),
+        (
+            load_body(Path::new("/dev/zero"), &mem, true),
+            "not a regular file".to_string(),
+        ),
+    ] {
+        let r = c.put("/snapshot/load", &body);
+        assert_eq!(r.status, 400, "{body}: {r:?}");
+        assert!(r.fault().contains(&says), "{body}: {}", r.fault());
+    }
+    for (f, sum) in &files_before {
+        assert_eq!(
+            &sha256(&std::fs::read(f).unwrap()),
+            sum,
+            "{} changed",
+            f.display()
+        );
+    }
+    // Nothing was half restored: the same flint loads the good snapshot.
+    c.ok("PUT", "/snapshot/load", &load_body(&snap, &mem, true));
+    let got = wait_count(&fresh.vm, last + 2, Duration::from_secs(30));
+    assert_eq!(got.first(), Some(&(last + 1)), "{got:?}");
+
+    // After configuring a boot source, a load is refused.
+    let other = ApiVm::start("cfg", &[]);
+    let mut c = other.client();
+    c.ok(
+        "PUT",
+        "/boot-source",
+        &json!({ "kernel_image_path": tiny("counter") }).to_string(),
+    );
+    let r = c.put("/snapshot/load", &load_body(&snap, &mem, true));
+    assert_eq!(r.status, 400);
+    assert!(r.fault().contains("boot-source is set"), "{}", r.fault());
+}
