@@ -1,20 +1,6 @@
 //! Turning the configured drives, network interfaces and host services
 //! (entropy, balloon) into virtio devices.
 
-// The guest and input files reach this code: it must not panic.
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing,
-        clippy::unreachable,
-        clippy::todo,
-        clippy::unimplemented
-    )
-)]
-
 use devices::rate_limiter::TokenBucketConfig;
 use devices::virtio::balloon::{self, Balloon};
 use devices::virtio::block::{self, Block, BlockConfig};

@@ -4,15 +4,17 @@
 //! the files goes on counting from where it was, whether restored by
 //! `--restore` or by `PUT /snapshot/load` (paused, then resumed). Bad
 //! snapshots are refused with a message naming what is wrong, the files
-//! are left as they were, and the same flint then loads a good one.
+//! are left as they were, and the same flint then loads a good one. And a
+//! Linux guest whose user space counts and writes its disk (in the lab on
+//! a kvm_pvm host) goes on after a snapshot, a kill and a restore.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::api::ApiVm;
-use common::{sha256, spawn, tiny, Running};
+use common::api::{boot_source, ApiVm};
+use common::{boot_deadline, ran_in_lab, sha256, spawn, tiny, Running};
 use serde_json::json;
 
 const MEM_MIB: u64 = 64;
@@ -281,4 +283,125 @@ fn bad_snapshots_are_refused_and_left_as_they_were() {
     let r = c.put("/snapshot/load", &load_body(&snap, &mem, true));
     assert_eq!(r.status, 400);
     assert!(r.fault().contains("boot-source is set"), "{}", r.fault());
+}
+
+/// The guest's ticks: "tick N SECONDS" lines (N counts, SECONDS is its
+/// clock), in order.
+fn ticks(out: &str) -> Vec<(u64, u64)> {
+    out.lines()
+        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("tick "))
+        .filter_map(|r| {
+            let (n, t) = r.split_once(' ')?;
+            Some((n.parse().ok()?, t.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn wait_tick(vm: &Running, n: u64, timeout: Duration) -> Vec<(u64, u64)> {
+    let end = Instant::now() + timeout;
+    loop {
+        let t = ticks(&vm.output());
+        if t.last().is_some_and(|&(l, _)| l >= n) {
+            return t;
+        }
+        assert!(
+            Instant::now() < end,
+            "no tick {n} within {timeout:?}; output:\n{}",
+            vm.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The default Linux guest, its init running a shell loop that counts,
+/// prints its clock and writes each count to its disk with an fsync, is
+/// paused and snapshotted; flint is killed; a new flint restored from the
+/// files goes on with the next count, its clock caught up with the time
+/// the VM spent in the files, and its disk writes after the restore reach
+/// the image, beside what it wrote before.
+#[test]
+fn a_linux_guest_goes_on_counting_and_writing_its_disk_after_a_restore() {
+    if ran_in_lab("a_linux_guest_goes_on_counting_and_writing_its_disk_after_a_restore") {
+        return;
+    }
+    let dir = Dir::new("linux");
+    let disk = dir.file("data.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let api = ApiVm::start("linux", &[]);
+    let mut c = api.client();
+    // Sector 0: written once before the snapshot. Sector 1: every tick.
+    let cmd = "flint.cmd=echo,before-snapshot|dd,of=/dev/vda,bs=512,conv=fsync,2>/dev/null \
+               flint.cmd=i=0;while,:;do,i=$((i+1));echo,tick,$i,$(date,+%s);\
+               echo,tick,$i|dd,of=/dev/vda,bs=512,seek=1,conv=fsync,2>/dev/null;sleep,0.5;done";
+    c.ok("PUT", "/boot-source", &boot_source(cmd));
+    c.ok(
+        "PUT",
+        "/machine-config",
+        &json!({ "vcpu_count": 1, "mem_size_mib": 128 }).to_string(),
+    );
+    c.ok(
+        "PUT",
+        "/drives/data",
+        &json!({ "drive_id": "data", "path_on_host": disk, "is_root_device": false,
+                 "is_read_only": false })
+        .to_string(),
+    );
+    c.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    wait_tick(&api.vm, 4, boot_deadline());
+    c.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = ticks(&api.vm.output());
+    let &(last, last_clock) = before.last().unwrap();
+    let t0 = Instant::now();
+    let body = json!({
+        "snapshot_path": dir.file("vm.snap"),
+        "mem_file_path": dir.file("vm.mem"),
+    })
+    .to_string();
+    c.ok("PUT", "/snapshot/create", &body);
+    eprintln!("snapshot of the Linux guest taken in {:?}", t0.elapsed());
+    drop(api);
+    // Time the VM spends in the files: its clock should catch up with it.
+    std::thread::sleep(Duration::from_secs(4));
+
+    let t1 = Instant::now();
+    let mut vm = spawn(&[
+        "--restore",
+        dir.file("vm.snap").to_str().unwrap(),
+        "--mem-file",
+        dir.file("vm.mem").to_str().unwrap(),
+    ]);
+    let after = wait_tick(&vm, last + 4, Duration::from_secs(120));
+    eprintln!(
+        "restored: tick {} printed {:?} after the restore began",
+        last + 4,
+        t1.elapsed()
+    );
+    assert_eq!(after.first().map(|t| t.0), Some(last + 1), "{after:?}");
+    assert!(after.windows(2).all(|w| w[1].0 == w[0].0 + 1), "{after:?}");
+    let clock_gap = after[0].1 - last_clock;
+    eprintln!(
+        "guest clock: tick {last} at {last_clock}, tick {} at {}",
+        last + 1,
+        after[0].1
+    );
+    assert!(
+        clock_gap >= 4,
+        "the guest's clock did not catch up: {clock_gap} s between the ticks around a 4 s gap"
+    );
+    let _ = vm.child.kill();
+    let _ = vm.child.wait();
+    let image = std::fs::read(&disk).unwrap();
+    assert!(image.starts_with(b"before-snapshot\n"));
+    let sector1 = String::from_utf8_lossy(&image[512..528]).into_owned();
+    let n: u64 = sector1
+        .trim_end_matches('\0')
+        .trim()
+        .strip_prefix("tick ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("sector 1: {sector1:?}"));
+    assert!(
+        n >= last + 4,
+        "the restored guest's writes reach the disk: {n}"
+    );
 }

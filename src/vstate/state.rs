@@ -9,8 +9,8 @@
 use kvm_bindings::{
     kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
     kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
-    CpuId, Msrs, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
-    KVM_MAX_CPUID_ENTRIES,
+    CpuId, Msrs, KVM_CLOCK_REALTIME, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
@@ -230,10 +230,14 @@ pub fn restore_vm(fd: &VmFd, s: &VmState) -> Result<(), Error> {
         what: "KVM_SET_PIT2",
         source,
     })?;
-    // The clock goes on from where it stood: only its value is set (the
-    // flags KVM_GET_CLOCK reports are not for KVM_SET_CLOCK).
+    // With KVM_CLOCK_REALTIME (Linux 5.16 on) KVM adds the wall-clock
+    // time that passed since the snapshot, so the guest's clock catches up
+    // with the time it spent in the file; without it the clock goes on from
+    // where it stood. KVM_CLOCK_TSC_STABLE is a GET flag only.
     let clock = kvm_clock_data {
         clock: s.clock.clock,
+        flags: s.clock.flags & KVM_CLOCK_REALTIME,
+        realtime: s.clock.realtime,
         ..Default::default()
     };
     fd.set_clock(&clock).map_err(|source| Error::Vm {
