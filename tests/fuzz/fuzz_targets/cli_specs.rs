@@ -24,7 +24,9 @@ fuzz_target!(|bytes: &[u8]| {
             .err(),
         2 => parse_vsock_flag(value).and_then(|v| v.validate()).err(),
         3 => parse_entropy_flag(value).and_then(|e| e.validate()).err(),
-        4 => parse_balloon_flag(value).and_then(|b| b.validate(128)).err(),
+        4 => parse_balloon_flag(value)
+            .and_then(|b| b.validate(128))
+            .err(),
         5 => {
             let _ = devices::virtio::net::parse_mac(value).map(devices::virtio::net::validate_mac);
             None

@@ -4,8 +4,8 @@
 
 #![no_main]
 
-use std::io::{Cursor, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::Cursor;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use flint::boot::{bzimage, kernel_scan, loader};
@@ -17,25 +17,15 @@ const MEM_SIZE: usize = 8 << 20;
 thread_local! {
     /// Made once: the loaders only write into it.
     static MEM: GuestMemoryMmap = flint_fuzz::guest_mem(MEM_SIZE);
-    /// The kernel "file": an in-memory file the loader opens by path.
-    static KERNEL: (std::fs::File, PathBuf) = {
-        // SAFETY: memfd_create takes a NUL-terminated name and flags; the
-        // result is checked before it is used.
-        let fd = unsafe { libc::memfd_create(c"flint-fuzz-kernel".as_ptr(), 0) };
-        assert!(fd >= 0, "memfd_create failed");
-        // SAFETY: `fd` is a new descriptor that nothing else owns.
-        let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-        (file, path)
-    };
+    /// The kernel "file": the loader opens it by path.
+    static KERNEL: (std::fs::File, PathBuf) = flint_fuzz::memfd(0);
 }
 
 fuzz_target!(|bytes: &[u8]| {
     MEM.with(|mem| {
         KERNEL.with(|(file, path)| {
-            let mut f = file;
-            f.set_len(0).expect("truncate the memfd");
-            f.write_all(bytes).expect("write the memfd");
+            file.set_len(0).expect("truncate the memfd");
+            file.write_all_at(bytes, 0).expect("write the memfd");
             // The loader opens the path anew, so its offset starts at 0.
             let _ = loader::load_kernel(mem, path);
         });

@@ -3,16 +3,17 @@
 
 #![no_main]
 
+use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use devices::virtio::block::{Block, BlockConfig, CacheType, EngineType, QUEUE_SIZE};
 use devices::virtio::{Interrupt, VirtioDevice};
-use flint_fuzz::{guest_mem, write_data, Driver, QueueInput, Reader};
+use flint_fuzz::{guest_mem, memfd, write_data, Driver, QueueInput, Reader};
 use libfuzzer_sys::fuzz_target;
 
 const MEM_SIZE: usize = 1 << 20;
-const IMAGE_SIZE: usize = 64 * 1024;
+const IMAGE_SIZE: u64 = 64 * 1024;
 
 /// features u64; flags u8 (bit 0 read-only, bit 1 writeback); the queue;
 /// the rest is buffer bytes at DATA.
@@ -40,15 +41,11 @@ impl<'a> Input<'a> {
     }
 }
 
-/// The image, made once per process; requests may write into it.
+/// The image, made once per process and kept in memory; requests may
+/// write into it.
 fn image() -> &'static PathBuf {
-    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let dir = std::env::var_os("TMPDIR").map_or_else(|| "/tmp".into(), PathBuf::from);
-        let path = dir.join(format!("flint-fuzz-block-{}.img", std::process::id()));
-        std::fs::write(&path, vec![0x5a; IMAGE_SIZE]).expect("write the fuzz image");
-        path
-    })
+    static IMAGE: OnceLock<(File, PathBuf)> = OnceLock::new();
+    &IMAGE.get_or_init(|| memfd(IMAGE_SIZE)).1
 }
 
 fuzz_target!(|bytes: &[u8]| {

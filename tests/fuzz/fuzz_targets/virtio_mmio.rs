@@ -4,6 +4,7 @@
 
 #![no_main]
 
+use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -11,11 +12,12 @@ use devices::virtio::block::{Block, BlockConfig, CacheType, EngineType};
 use devices::virtio::mmio::{self, MmioTransport};
 use devices::virtio::VirtioDevice;
 use devices::BusDevice;
-use flint_fuzz::{guest_mem, Reader};
+use flint_fuzz::{guest_mem, memfd, Reader};
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress};
 
 const MEM_SIZE: usize = 1 << 20;
+const IMAGE_SIZE: u64 = 16 * 1024;
 
 /// The registers a driver uses, so that one byte names one.
 const REGISTERS: [u64; 24] = [
@@ -45,14 +47,11 @@ const REGISTERS: [u64; 24] = [
     mmio::CONFIG + 8,
 ];
 
+/// The image, made once per process and kept in memory; requests may
+/// write into it.
 fn image() -> &'static PathBuf {
-    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let dir = std::env::var_os("TMPDIR").map_or_else(|| "/tmp".into(), PathBuf::from);
-        let path = dir.join(format!("flint-fuzz-mmio-{}.img", std::process::id()));
-        std::fs::write(&path, vec![0xa5; 16 * 1024]).expect("write the fuzz image");
-        path
-    })
+    static IMAGE: OnceLock<(File, PathBuf)> = OnceLock::new();
+    &IMAGE.get_or_init(|| memfd(IMAGE_SIZE)).1
 }
 
 // Layout: n u16 memory writes of (addr u32, len u8, bytes); then operations

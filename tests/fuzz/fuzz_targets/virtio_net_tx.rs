@@ -7,10 +7,9 @@ use std::sync::Arc;
 
 use devices::virtio::net::{Net, NetConfig, QUEUE_SIZE, RX_INDEX, TX_INDEX};
 use devices::virtio::{Interrupt, VirtioDevice};
-use flint_fuzz::{guest_mem, write_data, Driver, QueueInput, Reader};
 use flint_fuzz::net::FakeBackend;
+use flint_fuzz::{guest_mem, write_data, Driver, QueueInput, Reader};
 use libfuzzer_sys::fuzz_target;
-
 
 const MEM_SIZE: usize = 1 << 20;
 

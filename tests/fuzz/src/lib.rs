@@ -4,6 +4,10 @@
 
 pub mod net;
 
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
@@ -54,6 +58,21 @@ impl Reader<'_> {
     pub fn rest(&mut self) -> &[u8] {
         self.bytes(usize::MAX)
     }
+}
+
+/// An in-memory file of `len` zero bytes and a path that opens it again
+/// (`/proc/self/fd/N`): code that takes a path gets a file that leaves
+/// nothing behind.
+pub fn memfd(len: u64) -> (File, PathBuf) {
+    // SAFETY: memfd_create takes a NUL-terminated name and flags; the
+    // result is checked before it is used.
+    let fd = unsafe { libc::memfd_create(c"flint-fuzz".as_ptr(), 0) };
+    assert!(fd >= 0, "memfd_create failed");
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.set_len(len).expect("size the memfd");
+    let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    (file, path)
 }
 
 /// One descriptor as the driver writes it. Unless `raw`, the fields are
@@ -143,9 +162,10 @@ impl<'a> Driver<'a> {
     pub fn new(mem: &'a GuestMemoryMmap, index: usize, max: u16, input: &'a QueueInput) -> Self {
         let base = index as u64 * QUEUE_SPACING;
         let size = (1u16 << (input.size_log2 % 9)).min(max);
-        let (desc, avail, used) = input
-            .garbage_rings
-            .unwrap_or((base, base + 0x1000, base + 0x2000));
+        let (desc, avail, used) =
+            input
+                .garbage_rings
+                .unwrap_or((base, base + 0x1000, base + 0x2000));
         let mem_end = mem.last_addr().0 + 1;
         for (i, d) in input.descs.iter().take(usize::from(size)).enumerate() {
             let (addr, len, flags, next) = if d.raw {
