@@ -78,12 +78,17 @@ for t in "${targets[@]}"; do
     log=$cache/logs/$t.log
     mkdir -p "$corpus" "$artifacts"
     # New inputs go to the first directory; the seeds are only read.
+    started=$(date +%s%N)
     nice -n 19 "$bindir/$t" "${limit[@]}" -print_final_stats=1 -timeout=10 \
         -rss_limit_mb=2048 -artifact_prefix="$artifacts/" \
         "$corpus" "$here/corpus/$t" >"$log" 2>&1
     rc=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+    if [[ ${rate:-0} == 0 && -n ${execs:-} ]]; then
+        # libFuzzer says 0 for runs under a second.
+        rate=$(awk -v n="$execs" -v ns=$(($(date +%s%N) - started)) 'BEGIN { printf "%d", n / (ns / 1e9) }')
+    fi
     crash=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -1)
     if ((rc == 0)); then
         printf 'fuzz: %-15s %10s executions %7s exec/s  no crash\n' "$t" "${execs:-?}" "${rate:-?}"
