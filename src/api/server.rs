@@ -270,6 +270,23 @@ fn serve_connection(mut stream: UnixStream, tx: &Sender<Job>, wake: &EventFd) {
     }
 }
 
+/// One whole request in `buf` as the connection thread reads it: the head,
+/// the body limit, the route. `None` when `buf` holds only part of one.
+/// Public for the fuzz targets.
+#[doc(hidden)]
+pub fn parse_request(buf: &[u8]) -> Option<Result<super::ApiRequest, String>> {
+    let head = match parse_head(buf) {
+        HeadResult::Partial => return None,
+        HeadResult::Bad(msg) => return Some(Err(msg)),
+        HeadResult::Done(h) => h,
+    };
+    if head.content_length > MAX_BODY_BYTES {
+        return Some(Err("body over the limit".into()));
+    }
+    let body = buf.get(head.len..head.len + head.content_length)?;
+    Some(routes::parse(&head.method, &head.path, body))
+}
+
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",

@@ -31,16 +31,20 @@ impl Block {
         }
         self.stalled = false;
         let mut added = 0;
+        // Whether this pass follows one that found the ring non-empty.
+        let mut rearmed = false;
         loop {
             if let Err(e) = act.queues[0].disable_notification(&act.mem) {
                 self.broken = true;
                 crate::rate_limited!(error, "disk {}: queue unusable: {e}", self.path.display());
                 break;
             }
+            let mut popped = false;
             while self.engine.has_room() {
                 let Some(chain) = act.queues[0].pop_descriptor_chain(&act.mem) else {
                     break;
                 };
+                popped = true;
                 self.counters.requests += 1;
                 match request::parse(&act.mem, chain, &self.disk, &mut self.descs) {
                     Parsed::Broken { head, why } => {
@@ -101,7 +105,19 @@ impl Block {
                     );
                     break;
                 }
-                Ok(true) => {}
+                // The avail index says there is more, yet virtio-queue
+                // handed out nothing (an avail ring at address 0, say):
+                // looking again would spin forever.
+                Ok(true) if rearmed && !popped => {
+                    self.broken = true;
+                    error!(
+                        "disk {}: the driver made requests available that the queue cannot \
+                         hand out; ignoring the queue until the device is reset",
+                        self.path.display()
+                    );
+                    break;
+                }
+                Ok(true) => rearmed = true,
                 Err(e) => {
                     self.broken = true;
                     crate::rate_limited!(

@@ -607,6 +607,29 @@ fn avail_index_beyond_the_queue_is_not_a_busy_loop() {
     );
 }
 
+/// Found by fuzzing (tests/fuzz, virtio_block): virtio-queue hands out no
+/// chain from an avail ring at guest address 0 while its index says there
+/// are some, and the device looked again forever.
+#[test]
+fn avail_ring_at_address_zero_is_not_a_busy_loop() {
+    use virtio_queue::QueueT;
+    let img = TempImage::patterned("avail0");
+    let mem = guest_memory();
+    let mut blk = Block::new(&config(&img, EngineType::Sync)).unwrap();
+    let mut q = Queue::new(QUEUE_SIZE).unwrap();
+    q.set_size(8);
+    q.set_desc_table_address(Some(0x1000), Some(0));
+    q.set_avail_ring_address(Some(0), Some(0));
+    q.set_used_ring_address(Some(0x2000), Some(0));
+    q.set_ready(true);
+    mem.write_obj(4u16, GuestAddress(2)).unwrap(); // avail idx
+    let irq = Arc::new(Interrupt::new().unwrap());
+    blk.activate(mem.clone(), irq.clone(), vec![q]).unwrap();
+    blk.handle_queue_event();
+    assert!(blk.broken);
+    assert!(irq.needs_reset());
+}
+
 #[test]
 fn activation_needs_exactly_one_queue() {
     let img = TempImage::patterned("queues");

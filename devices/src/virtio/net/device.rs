@@ -172,7 +172,10 @@ impl Net {
         self.active.is_some()
     }
 
-    fn process_rx(&mut self) {
+    /// Move frames from the backend into RX buffers (the event loop runs
+    /// this; public for the fuzz targets, which drive it without one).
+    #[doc(hidden)]
+    pub fn process_rx(&mut self) {
         let Some(a) = self.active.as_mut() else {
             return;
         };
@@ -186,7 +189,9 @@ impl Net {
         }
     }
 
-    fn process_tx(&mut self) {
+    /// Send the TX chains the driver made available (see `process_rx`).
+    #[doc(hidden)]
+    pub fn process_tx(&mut self) {
         let Some(a) = self.active.as_mut() else {
             return;
         };
