@@ -63,9 +63,9 @@ cargo test --workspace --no-fail-fast "${host_args[@]}" -- --test-threads=1 || s
 cargo test --workspace --doc || status=$?
 # The API against its OpenAPI document, fuzzed by schemathesis (bounded: ~3 min).
 bash tests/api-schemathesis.sh || status=$?
-wait "$lab_stream" || status=$?
 # Every libFuzzer target briefly: the seeds and a little more (tests/fuzz).
 bash tests/fuzz/run.sh --seconds 10 || status=$?
+wait "$lab_stream" || status=$?
 awk -v total=$((SECONDS - started)) '
 	{ n++; lab += $2; if ($3 > 1) retried++ }
 	END { printf "run-all: tests took %d s; %d ran in the lab VM: %.0f s of lab runs (boots included), %d needed more than one lab run\n", total, n, lab, retried }
