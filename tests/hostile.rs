@@ -374,13 +374,14 @@ fn hostile_program_is_in_the_guest_image() {
     // On every host: the image the lab tests boot has the attacker in it.
     let rootfs = artifact("rootfs");
     let listing = std::process::Command::new("debugfs")
-        .args(["-R", "ls -l /bin/hostile"])
+        .args(["-R", "stat /bin/hostile"])
+        .env("PAGER", "cat")
         .arg(&rootfs)
         .output()
         .expect("run debugfs");
     let text = String::from_utf8_lossy(&listing.stdout);
     assert!(
-        text.contains("hostile"),
+        text.contains("Type: regular"),
         "no /bin/hostile in {}: {text}",
         rootfs.display()
     );
