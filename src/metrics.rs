@@ -159,7 +159,8 @@ pub fn snapshot(dm: Option<&DeviceManager>) -> Value {
                             "write_requests": c.write_requests, "flush_requests": c.flush_requests,
                             "bytes_read": c.bytes_read, "bytes_written": c.bytes_written,
                             "errors": c.errors, "host_io_errors": c.host_io_errors,
-                            "broken_chains": c.broken_chains, "interrupts": c.interrupts,
+                            "broken_chains": c.broken_chains, "broken_rings": c.broken_rings,
+                            "interrupts": c.interrupts,
                         }),
                     )
                 }

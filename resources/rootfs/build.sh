@@ -6,8 +6,9 @@
 #
 # Contents: Debian's static busybox with its applet symlinks, /init (the
 # script rootfs/init; /sbin/init links to it), /etc/profile (rootfs/profile)
-# /pause (rootfs/pause.S) and /bin/vsock-test (rootfs/vsock-test.c, built
-# static against musl: 40 KB where glibc's static build is 700 KB).
+# /pause (rootfs/pause.S), /bin/vsock-test (rootfs/vsock-test.c) and
+# /bin/hostile (rootfs/hostile.c), both built static against musl: 40 KB
+# where glibc's static build is 700 KB.
 # Needs no root privileges (except to apt-get install missing tools):
 # ownership in both images is 0:0 whoever builds them. Environment:
 #   FLINT_CACHE    cache root (default /var/cache/flint)
@@ -40,7 +41,7 @@ install_missing
 
 manifest=$(cache_manifest \
 	file:rootfs/build.sh file:rootfs/init file:rootfs/profile file:rootfs/pause.S \
-	file:rootfs/vsock-test.c file:lib.sh \
+	file:rootfs/vsock-test.c file:rootfs/hostile.c file:lib.sh \
 	pkg:busybox-static pkg:e2fsprogs pkg:cpio pkg:musl-tools \
 	text:"gcc $(gcc --version | head -n1)" \
 	text:"ld $(ld --version | head -n1)")
@@ -93,6 +94,7 @@ install -m 0644 "$HERE/profile" "$tree/etc/profile"
 ln -sfn /init "$tree/sbin/init" # replaces busybox's init applet
 install -m 0755 "$work/pause" "$tree/pause"
 musl-gcc -static -Os -s -Wall -Wextra -Werror -o "$tree/bin/vsock-test" "$HERE/vsock-test.c"
+musl-gcc -static -Os -s -Wall -Wextra -Werror -o "$tree/bin/hostile" "$HERE/hostile.c"
 find "$tree" -exec touch -h -d "@$EPOCH" {} +
 log "tree: $(find "$tree" | wc -l) entries, busybox with $n applet links"
 

@@ -40,6 +40,21 @@ impl Block {
                 break;
             }
             let mut popped = false;
+            // Checked before virtio-queue sees the ring: it would log every
+            // overrun itself, as often as the guest cares to cause one.
+            if ring_overrun(act) {
+                self.broken = true;
+                self.counters.broken_rings += 1;
+                if worth_logging(self.counters.broken_rings) {
+                    crate::rate_limited!(
+                        error,
+                        "disk {}: the driver made more requests available than the queue holds; \
+                         ignoring the queue until the device is reset",
+                        self.path.display()
+                    );
+                }
+                break;
+            }
             while self.engine.has_room() {
                 let Some(chain) = act.queues[0].pop_descriptor_chain(&act.mem) else {
                     break;
@@ -55,6 +70,12 @@ impl Block {
                                 "disk {}: broken request: {why}",
                                 self.path.display()
                             );
+                        }
+                        if head >= act.queues[0].size() {
+                            // No used entry can name it: the ring is broken.
+                            self.broken = true;
+                            self.counters.broken_rings += 1;
+                            break;
                         }
                         add_used(act, head, 0);
                         added += 1;
@@ -88,6 +109,9 @@ impl Block {
             // them now rather than after an event loop round trip.
             self.engine.reap(&mut self.done);
             added += complete(act, &mut self.done, &mut self.counters);
+            if self.broken {
+                break;
+            }
             if !self.engine.has_room() {
                 // Completions call us again; notifications stay off until
                 // then, which is fine: we will look at the ring anyway.
@@ -96,27 +120,24 @@ impl Block {
             }
             match act.queues[0].enable_notification(&act.mem) {
                 Ok(false) => break,
-                Ok(true) if ring_overrun(act) => {
-                    self.broken = true;
-                    error!(
-                        "disk {}: the driver made more requests available than the queue holds; \
-                         ignoring the queue until the device is reset",
-                        self.path.display()
-                    );
-                    break;
-                }
                 // The avail index says there is more, yet virtio-queue
                 // handed out nothing (an avail ring at address 0, say):
                 // looking again would spin forever.
                 Ok(true) if rearmed && !popped => {
                     self.broken = true;
-                    error!(
-                        "disk {}: the driver made requests available that the queue cannot \
-                         hand out; ignoring the queue until the device is reset",
-                        self.path.display()
-                    );
+                    self.counters.broken_rings += 1;
+                    if worth_logging(self.counters.broken_rings) {
+                        crate::rate_limited!(
+                            error,
+                            "disk {}: the driver made requests available that the queue cannot \
+                             hand out; ignoring the queue until the device is reset",
+                            self.path.display()
+                        );
+                    }
                     break;
                 }
+                // More came in: the loop's first check (an overrun) and the
+                // next pass look at it.
                 Ok(true) => rearmed = true,
                 Err(e) => {
                     self.broken = true;
@@ -179,7 +200,10 @@ fn count_kind(c: &mut BlockCounters, kind: Kind) {
 
 fn add_used(act: &mut Active, head: u16, len: u32) {
     if let Err(e) = act.queues[0].add_used(&act.mem, head, len) {
-        error!("virtio-blk: cannot return descriptor {head} to the driver: {e}");
+        crate::rate_limited!(
+            error,
+            "virtio-blk: cannot return descriptor {head} to the driver: {e}"
+        );
     }
 }
 

@@ -108,6 +108,10 @@ pub struct BlockCounters {
     pub host_io_errors: u64,
     /// Chains without a usable status byte, returned with length 0.
     pub broken_chains: u64,
+    /// Times the driver broke the queue itself (an available index too far
+    /// ahead, a head past the descriptor table): the device then ignores
+    /// the queue and asks for a reset.
+    pub broken_rings: u64,
     /// Interrupts raised towards the guest.
     pub interrupts: u64,
 }
@@ -131,7 +135,7 @@ impl std::fmt::Display for BlockCounters {
         write!(
             f,
             "{} requests ({} reads, {} writes, {} flushes), {} bytes read, {} bytes written, \
-             {} errors ({} on the host), {} broken chains, {} interrupts",
+             {} errors ({} on the host), {} broken chains, {} broken rings, {} interrupts",
             self.requests,
             self.read_requests,
             self.write_requests,
@@ -141,6 +145,7 @@ impl std::fmt::Display for BlockCounters {
             self.errors,
             self.host_io_errors,
             self.broken_chains,
+            self.broken_rings,
             self.interrupts
         )
     }

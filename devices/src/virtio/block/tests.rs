@@ -603,6 +603,32 @@ fn avail_index_beyond_the_queue_is_not_a_busy_loop() {
             assert!(blk.broken);
             blk.handle_queue_event();
             assert_eq!(vq.used().idx().load(), 0);
+            // Seen before a chain was taken, and once.
+            assert_eq!(blk.counters().requests, 0);
+            assert_eq!(blk.counters().broken_rings, 1);
+        },
+    );
+}
+
+#[test]
+fn head_past_the_descriptor_table_breaks_the_ring_until_reset() {
+    with_device(
+        "bad-head",
+        |_| {},
+        |_, mem, vq, blk| {
+            let st = request(mem, vq, 0, VIRTIO_BLK_T_IN, 0, &[(DATA, 512, true)]);
+            // A second entry whose head no used entry could name.
+            vq.avail().ring().ref_at(1).unwrap().store(0x8000);
+            vq.avail().idx().store(2);
+            run(blk, vq, 1);
+            assert_eq!(status(mem, st), STATUS_OK);
+            assert!(blk.broken, "the ring must wait for a reset");
+            assert_eq!(vq.used().idx().load(), 1, "no used entry for the bad head");
+            let c = blk.counters();
+            assert_eq!((c.broken_chains, c.broken_rings), (1, 1));
+            // Further kicks do nothing until the driver resets the device.
+            blk.handle_queue_event();
+            assert_eq!(blk.counters().requests, 2);
         },
     );
 }
