@@ -40,32 +40,16 @@ export FLINT_LAB_TIMES
 trap 'rm -f "$FLINT_LAB_TIMES"' EXIT
 started=$SECONDS
 status=0
-# Two streams of tests side by side, one test at a time in each: the test
-# files that run guest user space in the lab VM (one CPU: one host core),
-# and everything else (guest kernels emulated by this host's KVM: the other
-# core). Each line says which stream it comes from. --no-fail-fast: every
-# test binary runs, so one failure hides no other.
-cargo test --workspace --no-run --quiet
-lab_heavy=(api_boot block debian hostile net services)
-lab_args=() host_args=(--lib --bins)
-for f in tests/*.rs; do
-	t=$(basename "$f" .rs)
-	if [[ " ${lab_heavy[*]} " == *" $t "* ]]; then
-		lab_args+=(--test "$t")
-	else
-		host_args+=(--test "$t")
-	fi
-done
-(cargo test -p flint --no-fail-fast "${lab_args[@]}" -- --test-threads=1 2>&1 |
-	sed -u 's/^/[lab-stream] /') &
-lab_stream=$!
-cargo test --workspace --no-fail-fast "${host_args[@]}" -- --test-threads=1 || status=$?
-cargo test --workspace --doc || status=$?
+# One test at a time: a lab VM next to a guest kernel emulated on this
+# 2-CPU host (or a second lab test) starves the lab's nested guest until it
+# stalls; run side by side, the Debian guest froze after reaching
+# multi-user in two runs of two. --no-fail-fast: every test binary
+# runs, so one failure hides no other.
+cargo test --workspace --no-fail-fast -- --test-threads=1 || status=$?
 # The API against its OpenAPI document, fuzzed by schemathesis (bounded: ~3 min).
 bash tests/api-schemathesis.sh || status=$?
-# Every libFuzzer target briefly: the seeds and a little more (tests/fuzz).
-bash tests/fuzz/run.sh --seconds 10 || status=$?
-wait "$lab_stream" || status=$?
+# Every libFuzzer target briefly: its seeds and a little more (tests/fuzz).
+bash tests/fuzz/run.sh --seconds 3 || status=$?
 awk -v total=$((SECONDS - started)) '
 	{ n++; lab += $2; if ($3 > 1) retried++ }
 	END { printf "run-all: tests took %d s; %d ran in the lab VM: %.0f s of lab runs (boots included), %d needed more than one lab run\n", total, n, lab, retried }
