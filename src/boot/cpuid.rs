@@ -9,6 +9,11 @@ const LEAF_PMU: u32 = 0xa;
 const LEAF_TOPOLOGY: u32 = 0xb;
 const LEAF_TOPOLOGY_V2: u32 = 0x1f;
 const ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 1 ECX: VMX (Intel virtualization).
+const ECX_VMX: u32 = 1 << 5;
+/// Leaf 0x8000_0001 ECX: SVM (AMD virtualization).
+const LEAF_EXT_FEATURES: u32 = 0x8000_0001;
+const ECX_SVM: u32 = 1 << 2;
 const EDX_HTT: u32 = 1 << 28;
 const CLFLUSH_LINE_QWORDS: u32 = 8;
 /// Topology level types in leaf 0xb ECX[15:8].
@@ -27,7 +32,9 @@ fn id_bits(n: u32) -> u32 {
 /// Rewrite `entries` (KVM's supported CPUID) for vCPU `cpu_id` of `cpus`:
 /// one socket, `threads` (1, or 2 with SMT) threads per core, APIC ID =
 /// vCPU index; the hypervisor bit set; no architectural PMU (flint does not
-/// virtualize one).
+/// virtualize one); no VMX or SVM: a microVM offers no nested
+/// virtualization (as Firecracker's), and a guest that loads kvm_amd on a
+/// nested host was seen to stop right after it.
 pub fn normalize(entries: &mut [kvm_cpuid_entry2], cpu_id: u8, cpus: u8, threads: u8) {
     let cpus = u32::from(cpus);
     let threads = u32::from(threads.max(1)).min(cpus);
@@ -38,7 +45,7 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], cpu_id: u8, cpus: u8, threads
             LEAF_FEATURES => {
                 e.ebx =
                     (apic_id << 24) | (cpus << 16) | (CLFLUSH_LINE_QWORDS << 8) | (e.ebx & 0xff);
-                e.ecx |= ECX_HYPERVISOR;
+                e.ecx = (e.ecx | ECX_HYPERVISOR) & !ECX_VMX;
                 if cpus > 1 {
                     e.edx |= EDX_HTT;
                 } else {
@@ -52,6 +59,7 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], cpu_id: u8, cpus: u8, threads
                 let sharing = if level >= 3 { cpus - 1 } else { threads - 1 };
                 e.eax = (e.eax & 0x3fff) | ((cores - 1) << 26) | (sharing << 14);
             }
+            LEAF_EXT_FEATURES => e.ecx &= !ECX_SVM,
             LEAF_PMU => {
                 e.eax = 0;
                 e.ebx = 0;
@@ -117,6 +125,17 @@ mod tests {
         assert_eq!((e[2].eax, e[2].ebx, e[2].ecx, e[2].edx), (2, 4, 0x201, 3));
         assert_eq!((e[3].eax, e[3].ebx, e[3].ecx), (0, 0, 2));
         assert_eq!((e[4].eax, e[4].edx), (0, 0));
+    }
+
+    #[test]
+    fn no_nested_virtualization() {
+        let mut e = vec![leaf(1, 0), leaf(LEAF_EXT_FEATURES, 0)];
+        e[0].ecx = 0xffff_ffff;
+        e[1].ecx = 0xffff_ffff;
+        normalize(&mut e, 0, 1, 1);
+        assert_eq!(e[0].ecx & ECX_VMX, 0);
+        assert_eq!(e[1].ecx & ECX_SVM, 0);
+        assert_eq!(e[1].ecx | ECX_SVM, 0xffff_ffff, "only SVM is cleared");
     }
 
     #[test]
