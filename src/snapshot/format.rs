@@ -221,17 +221,7 @@ pub fn write<T: Serialize>(path: &Path, state: &T) -> Result<(), Error> {
         path: path.to_path_buf(),
         source,
     };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let result = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err(e));
-    }
-    Ok(())
+    super::write_replacing(path, |f| f.write_all(&bytes).map_err(err), err)
 }
 
 /// Read the snapshot file at `path` (checked as [`decode`] does, for this

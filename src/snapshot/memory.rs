@@ -8,7 +8,6 @@
 //! in flint's memory, never in the file.
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -52,25 +51,14 @@ pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<u64, Error> {
         path: path.to_path_buf(),
         source,
     };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let result = write_ranges(mem, &tmp).and_then(|n| {
-        std::fs::rename(&tmp, path).map_err(err)?;
-        Ok(n)
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    super::write_replacing(path, |file| write_ranges(mem, file, &err), err)
 }
 
-fn write_ranges(mem: &GuestMemoryMmap, path: &Path) -> Result<u64, Error> {
-    let err = |source| Error::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = File::create(path).map_err(err)?;
+fn write_ranges(
+    mem: &GuestMemoryMmap,
+    file: &mut File,
+    err: &impl Fn(std::io::Error) -> Error,
+) -> Result<u64, Error> {
     let mut offset = 0u64;
     let mut written = 0u64;
     for region in mem.iter() {
@@ -93,9 +81,6 @@ fn write_ranges(mem: &GuestMemoryMmap, path: &Path) -> Result<u64, Error> {
         offset += len as u64;
     }
     file.set_len(offset).map_err(err)?;
-    file.seek(SeekFrom::End(0)).map_err(err)?;
-    file.flush().map_err(err)?;
-    file.sync_all().map_err(err)?;
     Ok(written)
 }
 

@@ -12,7 +12,8 @@ pub mod devices;
 pub mod format;
 pub mod memory;
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +39,29 @@ pub enum Error {
     Uffd,
     #[error("give the memory file as mem_backend (or mem_file_path), not both or neither")]
     MemFile,
+}
+
+/// Write `path` by way of a temporary file beside it: `fill` writes the
+/// file, which is then synced and renamed into place; on any failure the
+/// temporary file is removed and nothing is left under `path`.
+pub(crate) fn write_replacing<T, E>(
+    path: &Path,
+    fill: impl FnOnce(&mut File) -> Result<T, E>,
+    io_err: impl Fn(std::io::Error) -> E,
+) -> Result<T, E> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let result = File::create(&tmp).map_err(&io_err).and_then(|mut f| {
+        let t = fill(&mut f)?;
+        f.sync_all().map_err(&io_err)?;
+        std::fs::rename(&tmp, path).map_err(&io_err)?;
+        Ok(t)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Everything of a microVM but its memory.
