@@ -7,7 +7,24 @@ mod common;
 
 use std::time::Duration;
 
+use common::lab::Lab;
 use common::{acpi_kernel, artifact, boot_deadline, cmdline, debian, spawn, stop_with_sigterm};
+
+/// The tests that run in the lab VM on a kvm_pvm host (`common::lab`),
+/// all in one lab run of at most the time given.
+static LAB: Lab = Lab::new(
+    &[
+        "acpi_off_falls_back_to_the_mp_table",
+        "debians_stock_kernel_reads_flints_tables_without_errors",
+    ],
+    900,
+)
+.with_setup(debian_kernel);
+
+/// Debian's kernel, built (or found) here: the lab cannot build it.
+fn debian_kernel() -> Box<dyn std::any::Any> {
+    Box::new(debian("kernel"))
+}
 
 /// Lines where the kernel complains about the firmware's tables.
 fn acpi_errors(out: &str) -> Vec<&str> {
@@ -77,6 +94,9 @@ fn acpi_kernel_finds_its_virtio_disk_through_the_dsdt() {
 
 #[test]
 fn acpi_off_falls_back_to_the_mp_table() {
+    if LAB.ran("acpi_off_falls_back_to_the_mp_table") {
+        return;
+    }
     let kernel = acpi_kernel("kernel");
     let initrd = artifact("initrd");
     let cl = cmdline("acpi=off rdinit=/pause");
@@ -104,6 +124,9 @@ fn acpi_off_falls_back_to_the_mp_table() {
 
 #[test]
 fn debians_stock_kernel_reads_flints_tables_without_errors() {
+    if LAB.ran("debians_stock_kernel_reads_flints_tables_without_errors") {
+        return;
+    }
     let kernel = debian("kernel");
     // Only the kernel's own start is looked at: it reaches SMP bring-up
     // and the IOAPIC without its initramfs.

@@ -9,8 +9,22 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::api::{boot_source, expect_faults, image, socket_path, ApiVm, Client, TempFile};
-use common::{boot_deadline, ran_in_lab, spawn_command, FLINT};
+use common::lab::Lab;
+use common::{boot_deadline, spawn_command, FLINT};
 use serde_json::{json, Value};
+
+/// The tests that run in the lab VM on a kvm_pvm host (`common::lab`),
+/// all in one lab run of at most the time given.
+static LAB: Lab = Lab::new(
+    &[
+        "go_sdk_order_boots_the_guest_kernel_and_ctrl_alt_del_ends_it",
+        "go_sdk_order_boots_to_init_and_runs_a_command",
+        "config_file_boot_with_the_api_up_then_pause_resume_and_drive_swap",
+        "pause_stops_a_guest_loop_and_resume_restarts_it",
+        "drive_swap_shows_the_new_size_and_content_to_guest_user_space",
+    ],
+    1500,
+);
 
 /// firecracker-go-sdk's default handlers, in their order, against flint in
 /// a network namespace of its own (for the TAP). Returns the VM, the
@@ -92,6 +106,9 @@ fn metrics_lines(f: &TempFile) -> Vec<Value> {
 /// the metrics file gets JSON lines, SendCtrlAltDel ends the VM with 0.
 #[test]
 fn go_sdk_order_boots_the_guest_kernel_and_ctrl_alt_del_ends_it() {
+    if LAB.ran("go_sdk_order_boots_the_guest_kernel_and_ctrl_alt_del_ends_it") {
+        return;
+    }
     let disk = image("gosdk.img", 4, b"");
     let (mut api, mut c, metrics, log) = go_sdk_sequence("gosdk", "rdinit=/pause", &disk);
     assert_eq!(c.get("/").json()["state"], "Running");
@@ -127,7 +144,7 @@ fn go_sdk_order_boots_the_guest_kernel_and_ctrl_alt_del_ends_it() {
 /// With guest user space: init runs the command and ends the VM.
 #[test]
 fn go_sdk_order_boots_to_init_and_runs_a_command() {
-    if ran_in_lab("go_sdk_order_boots_to_init_and_runs_a_command") {
+    if LAB.ran("go_sdk_order_boots_to_init_and_runs_a_command") {
         return;
     }
     let disk = image("gosdk-user.img", 4, b"");
@@ -149,6 +166,9 @@ fn go_sdk_order_boots_to_init_and_runs_a_command() {
 /// sees.
 #[test]
 fn config_file_boot_with_the_api_up_then_pause_resume_and_drive_swap() {
+    if LAB.ran("config_file_boot_with_the_api_up_then_pause_resume_and_drive_swap") {
+        return;
+    }
     let small = image("swap-small.img", 4, b"OLD-CONTENT!");
     let big = image("swap-big.img", 8, b"NEW-CONTENT!");
     let cfg = TempFile::new(
@@ -294,7 +314,7 @@ fn config_file_boot_with_the_api_up_then_pause_resume_and_drive_swap() {
 /// and goes on after Resumed.
 #[test]
 fn pause_stops_a_guest_loop_and_resume_restarts_it() {
-    if ran_in_lab("pause_stops_a_guest_loop_and_resume_restarts_it") {
+    if LAB.ran("pause_stops_a_guest_loop_and_resume_restarts_it") {
         return;
     }
     let api = ApiVm::start("pause-user", &[]);
@@ -332,7 +352,7 @@ fn pause_stops_a_guest_loop_and_resume_restarts_it() {
 /// sector is dropped: the swap does not reach the guest's caches).
 #[test]
 fn drive_swap_shows_the_new_size_and_content_to_guest_user_space() {
-    if ran_in_lab("drive_swap_shows_the_new_size_and_content_to_guest_user_space") {
+    if LAB.ran("drive_swap_shows_the_new_size_and_content_to_guest_user_space") {
         return;
     }
     let small = image("swap-u-small.img", 4, b"OLD-CONTENT!");

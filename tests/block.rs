@@ -7,7 +7,20 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{artifact, boot_deadline, ran_in_lab, sha256, spawn_guest, stop_with_sigterm};
+use common::lab::Lab;
+use common::{artifact, boot_deadline, sha256, spawn_guest, stop_with_sigterm};
+
+/// The tests that run in the lab VM on a kvm_pvm host (`common::lab`),
+/// all in one lab run of at most the time given.
+static LAB: Lab = Lab::new(
+    &[
+        "root_disk_is_mounted_read_write_and_left_consistent",
+        "read_only_root_is_mounted_read_only_and_unchanged",
+        "two_drives_at_once",
+        "guest_written_data_reaches_the_host_and_survives_a_reboot",
+    ],
+    1200,
+);
 
 /// A private copy of the default guest's root disk (the guest writes it).
 fn rootfs_copy(tag: &str) -> PathBuf {
@@ -55,6 +68,9 @@ fn boot_pause(drives: &[String], needles: &[&str]) -> String {
 
 #[test]
 fn root_disk_is_mounted_read_write_and_left_consistent() {
+    if LAB.ran("root_disk_is_mounted_read_write_and_left_consistent") {
+        return;
+    }
     let image = rootfs_copy("rw");
     assert_eq!(dumpe2fs_field(&image, "Mount count"), "0");
     assert_eq!(dumpe2fs_field(&image, "Last mount time"), "n/a");
@@ -84,6 +100,9 @@ fn root_disk_is_mounted_read_write_and_left_consistent() {
 
 #[test]
 fn read_only_root_is_mounted_read_only_and_unchanged() {
+    if LAB.ran("read_only_root_is_mounted_read_only_and_unchanged") {
+        return;
+    }
     let image = rootfs_copy("ro");
     let before = file_sha256(&image, None);
     let out = boot_pause(
@@ -104,6 +123,9 @@ fn read_only_root_is_mounted_read_only_and_unchanged() {
 
 #[test]
 fn two_drives_at_once() {
+    if LAB.ran("two_drives_at_once") {
+        return;
+    }
     let image = rootfs_copy("two");
     let data = std::env::temp_dir().join(format!("flint-block-{}-data.img", std::process::id()));
     std::fs::write(&data, vec![0u8; 8 << 20]).unwrap();
@@ -128,7 +150,7 @@ fn two_drives_at_once() {
 
 #[test]
 fn guest_written_data_reaches_the_host_and_survives_a_reboot() {
-    if ran_in_lab("guest_written_data_reaches_the_host_and_survives_a_reboot") {
+    if LAB.ran("guest_written_data_reaches_the_host_and_survives_a_reboot") {
         return;
     }
     let image = rootfs_copy("data");

@@ -1,15 +1,33 @@
 //! Booting the default guest with the real `flint` binary.
 //!
-//! On a kvm_pvm host these check what the guest kernel does by itself (its
-//! hand-over to init, CPU bring-up, reboot); the tests that need guest user
-//! space run there inside the lab VM (`common::ran_in_lab`), and directly on
-//! hardware KVM.
+//! On a kvm_pvm host the first test checks what the guest kernel does by
+//! itself there (its hand-over to init, its reboot); the others, which need
+//! guest user space or would take over a minute each on that host, run
+//! inside the lab VM (`common::lab`), and directly on hardware KVM.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{boot_deadline, ran_in_lab, spawn_guest, stop_with_sigterm};
+use common::lab::Lab;
+use common::{boot_deadline, spawn_guest, stop_with_sigterm};
+
+/// The tests that run in the lab VM on a kvm_pvm host (`common::lab`),
+/// all in one lab run of at most the time given.
+static LAB: Lab = Lab::new(
+    &[
+        "two_vcpus_are_brought_up",
+        "sigterm_reboots_the_guest_through_ctrl_alt_del",
+        "init_runs_a_command_and_ends_the_vm",
+        "bzimage_kernel_boots_to_init",
+        "memory_of_4096_mib_crosses_the_32_bit_hole_and_holds_data_at_its_top",
+        "eight_vcpus_come_online_and_each_runs_a_task",
+        "kernel_command_line_of_2047_bytes_reaches_the_guest_intact",
+        "sigterm_during_guest_user_space_reboots_the_guest_cleanly",
+        "guest_that_ignores_ctrl_alt_del_is_stopped_after_the_shutdown_timeout",
+    ],
+    1800,
+);
 
 #[test]
 fn default_guest_reaches_init_and_flint_exits_0_on_reboot() {
@@ -38,6 +56,9 @@ fn default_guest_reaches_init_and_flint_exits_0_on_reboot() {
 
 #[test]
 fn two_vcpus_are_brought_up() {
+    if LAB.ran("two_vcpus_are_brought_up") {
+        return;
+    }
     let mut vm = spawn_guest(true, Some("rdinit=/pause"), &["--vcpus", "2"]);
     vm.wait_for("smp: Brought up 1 node, 2 CPUs", boot_deadline());
     vm.wait_for("Run /pause as init process", boot_deadline());
@@ -45,6 +66,9 @@ fn two_vcpus_are_brought_up() {
 
 #[test]
 fn sigterm_reboots_the_guest_through_ctrl_alt_del() {
+    if LAB.ran("sigterm_reboots_the_guest_through_ctrl_alt_del") {
+        return;
+    }
     let mut vm = spawn_guest(true, Some("rdinit=/pause"), &[]);
     vm.wait_for("Run /pause as init process", boot_deadline());
     let out = stop_with_sigterm(&mut vm, Duration::from_secs(120));
@@ -53,7 +77,7 @@ fn sigterm_reboots_the_guest_through_ctrl_alt_del() {
 
 #[test]
 fn init_runs_a_command_and_ends_the_vm() {
-    if ran_in_lab("init_runs_a_command_and_ends_the_vm") {
+    if LAB.ran("init_runs_a_command_and_ends_the_vm") {
         return;
     }
     let mut vm = spawn_guest(
@@ -85,6 +109,9 @@ fn init_runs_a_command_and_ends_the_vm() {
 
 #[test]
 fn bzimage_kernel_boots_to_init() {
+    if LAB.ran("bzimage_kernel_boots_to_init") {
+        return;
+    }
     let bzimage = common::artifact("bzimage");
     let initrd = common::artifact("initrd");
     let cl = common::cmdline("rdinit=/pause");
@@ -146,7 +173,7 @@ fn field<'a>(out: &'a str, key: &str) -> Vec<&'a str> {
 
 #[test]
 fn memory_of_4096_mib_crosses_the_32_bit_hole_and_holds_data_at_its_top() {
-    if ran_in_lab("memory_of_4096_mib_crosses_the_32_bit_hole_and_holds_data_at_its_top") {
+    if LAB.ran("memory_of_4096_mib_crosses_the_32_bit_hole_and_holds_data_at_its_top") {
         return;
     }
     // User pages come from the highest zone first: 64 MiB of tmpfs data
@@ -186,7 +213,7 @@ got=$(md5sum < /mnt/pattern)
 
 #[test]
 fn eight_vcpus_come_online_and_each_runs_a_task() {
-    if ran_in_lab("eight_vcpus_come_online_and_each_runs_a_task") {
+    if LAB.ran("eight_vcpus_come_online_and_each_runs_a_task") {
         return;
     }
     // Field 39 of /proc/self/stat: the CPU the reading process runs on.
@@ -211,7 +238,7 @@ wait
 
 #[test]
 fn kernel_command_line_of_2047_bytes_reaches_the_guest_intact() {
-    if ran_in_lab("kernel_command_line_of_2047_bytes_reaches_the_guest_intact") {
+    if LAB.ran("kernel_command_line_of_2047_bytes_reaches_the_guest_intact") {
         return;
     }
     // loglevel=1: no kernel message lands in the middle of cat's line.
@@ -258,7 +285,7 @@ fn args_with_cmdline_refused(kernel: &std::path::Path, line: &str) {
 
 #[test]
 fn sigterm_during_guest_user_space_reboots_the_guest_cleanly() {
-    if ran_in_lab("sigterm_during_guest_user_space_reboots_the_guest_cleanly") {
+    if LAB.ran("sigterm_during_guest_user_space_reboots_the_guest_cleanly") {
         return;
     }
     // The marker is computed by the guest's shell: the kernel's echo of its
@@ -275,7 +302,7 @@ fn sigterm_during_guest_user_space_reboots_the_guest_cleanly() {
 
 #[test]
 fn guest_that_ignores_ctrl_alt_del_is_stopped_after_the_shutdown_timeout() {
-    if ran_in_lab("guest_that_ignores_ctrl_alt_del_is_stopped_after_the_shutdown_timeout") {
+    if LAB.ran("guest_that_ignores_ctrl_alt_del_is_stopped_after_the_shutdown_timeout") {
         return;
     }
     // With ctrl-alt-del at 0 the kernel does not reboot but sends SIGINT to

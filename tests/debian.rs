@@ -14,13 +14,33 @@ use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command};
 use std::time::{Duration, Instant};
 
+use common::lab::Lab;
 use common::netns::Netns;
-use common::{debian, in_lab, ran_in_lab_with, spawn_with_console, Running, FLINT};
+use common::{debian, in_lab, spawn_with_console, Running, FLINT};
+
+/// The tests that run in the lab VM on a kvm_pvm host (`common::lab`),
+/// all in one lab run of at most the time given.
+static LAB: Lab = Lab::new(
+    &[
+        "debian_reaches_multi_user_answers_ping_keeps_its_writes_and_powers_off",
+        "debian_reboot_ends_flint_with_0",
+        "sigterm_shuts_debian_down_cleanly",
+        "debian_without_its_root_disk_gives_up_and_flint_exits",
+        "a_truncated_initrd_is_reported_by_the_guest_and_flint_exits",
+    ],
+    3000,
+)
+.with_setup(disks);
+
+/// The Debian image built (or found) and each disk copied here, before
+/// the lab run: the lab cannot build the image, and a copy over 9p there
+/// takes minutes.
+fn disks() -> Box<dyn std::any::Any> {
+    debian("kernel");
+    Box::new(["poweroff", "reboot", "sigterm"].map(Disk::new))
+}
 
 const GUEST: &str = "172.16.0.2";
-/// systemd's boot takes one to two minutes in the lab's emulation: more
-/// than the lab's usual time limit for a test.
-const LAB: &[&str] = &["--timeout", "900"];
 const HOST: &str = "172.16.0.1";
 
 /// How long the Debian system may take to reach its login prompt: systemd
@@ -34,8 +54,9 @@ fn boot_deadline() -> Duration {
 }
 
 /// A private copy of the Debian root disk for test `tag` (the guest writes
-/// to it). Made outside the lab, where copying is fast, before the test
-/// re-runs itself there; removed by [`Disk`]'s drop outside the lab.
+/// to it). Made outside the lab, where copying is fast: on a kvm_pvm host
+/// by [`disks`] before the lab run, which drops it after. Inside the lab
+/// this only names that copy.
 struct Disk(PathBuf);
 
 impl Disk {
@@ -206,10 +227,10 @@ fn plain(text: &str) -> String {
 #[test]
 fn debian_reaches_multi_user_answers_ping_keeps_its_writes_and_powers_off() {
     let test = "debian_reaches_multi_user_answers_ping_keeps_its_writes_and_powers_off";
-    let disk = Disk::new("poweroff");
-    if ran_in_lab_with(test, LAB) {
+    if LAB.ran(test) {
         return;
     }
+    let disk = Disk::new("poweroff");
     common::netns::require_root(test);
     let ns = Netns::new();
     ns.add_tap("tap0", &format!("{HOST}/24"));
@@ -250,10 +271,10 @@ fn debian_reaches_multi_user_answers_ping_keeps_its_writes_and_powers_off() {
 
 #[test]
 fn debian_reboot_ends_flint_with_0() {
-    let disk = Disk::new("reboot");
-    if ran_in_lab_with("debian_reboot_ends_flint_with_0", LAB) {
+    if LAB.ran("debian_reboot_ends_flint_with_0") {
         return;
     }
+    let disk = Disk::new("reboot");
     let mut d = Debian::boot(&disk, None);
     d.type_line("reboot");
     let status = d.vm.wait_exit(Duration::from_secs(240));
@@ -265,10 +286,10 @@ fn debian_reboot_ends_flint_with_0() {
 
 #[test]
 fn sigterm_shuts_debian_down_cleanly() {
-    let disk = Disk::new("sigterm");
-    if ran_in_lab_with("sigterm_shuts_debian_down_cleanly", LAB) {
+    if LAB.ran("sigterm_shuts_debian_down_cleanly") {
         return;
     }
+    let disk = Disk::new("sigterm");
     let mut d = Debian::boot(&disk, None);
     d.run("systemctl is-system-running --wait");
     d.vm.signal(libc::SIGTERM);
@@ -286,8 +307,7 @@ fn sigterm_shuts_debian_down_cleanly() {
 
 #[test]
 fn debian_without_its_root_disk_gives_up_and_flint_exits() {
-    debian("kernel"); // built outside the lab
-    if ran_in_lab_with("debian_without_its_root_disk_gives_up_and_flint_exits", LAB) {
+    if LAB.ran("debian_without_its_root_disk_gives_up_and_flint_exits") {
         return;
     }
     // No drive: the initramfs cannot find /dev/vda, says so, and with
@@ -314,11 +334,7 @@ fn debian_without_its_root_disk_gives_up_and_flint_exits() {
 
 #[test]
 fn a_truncated_initrd_is_reported_by_the_guest_and_flint_exits() {
-    debian("kernel"); // built outside the lab
-    if ran_in_lab_with(
-        "a_truncated_initrd_is_reported_by_the_guest_and_flint_exits",
-        LAB,
-    ) {
+    if LAB.ran("a_truncated_initrd_is_reported_by_the_guest_and_flint_exits") {
         return;
     }
     let whole = std::fs::read(debian("initrd")).expect("read Debian's initrd");

@@ -14,8 +14,19 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{artifact, boot_deadline, pattern, ran_in_lab_with, sha256, spawn_guest, Running};
+use common::lab::Lab;
+use common::{artifact, boot_deadline, pattern, sha256, spawn_guest, Running};
 use serde_json::Value;
+
+/// The tests that run in the lab VM on a kvm_pvm host (`common::lab`),
+/// all in one lab run of at most the time given.
+static LAB: Lab = Lab::new(
+    &[
+        "a_guest_attacking_its_block_device_harms_neither_flint_nor_its_other_disk_nor_a_neighbour",
+        "many_vms_each_write_only_their_own_disk",
+    ],
+    1800,
+);
 
 fn temp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("flint-hostile-{}-{name}", std::process::id()))
@@ -84,9 +95,8 @@ const FLOOD: usize = 32 << 10;
 
 #[test]
 fn a_guest_attacking_its_block_device_harms_neither_flint_nor_its_other_disk_nor_a_neighbour() {
-    if ran_in_lab_with(
+    if LAB.ran(
         "a_guest_attacking_its_block_device_harms_neither_flint_nor_its_other_disk_nor_a_neighbour",
-        &["--timeout", "600"],
     ) {
         return;
     }
@@ -300,10 +310,7 @@ fn own_pattern(i: usize, disk: &Path) -> Result<(), String> {
 
 #[test]
 fn many_vms_each_write_only_their_own_disk() {
-    if ran_in_lab_with(
-        "many_vms_each_write_only_their_own_disk",
-        &["--timeout", "900"],
-    ) {
+    if LAB.ran("many_vms_each_write_only_their_own_disk") {
         return;
     }
     let total = many();

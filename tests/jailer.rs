@@ -11,8 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::lab::Lab;
 use common::netns::Netns;
-use common::{artifact, boot_deadline, cmdline, in_lab, ran_in_lab, spawn_command, tiny, FLINT};
+use common::{artifact, boot_deadline, cmdline, in_lab, spawn_command, tiny, FLINT};
+
+/// The tests that run in the lab VM on a kvm_pvm host (`common::lab`),
+/// all in one lab run of at most the time given.
+static LAB: Lab = Lab::new(&["jailed_default_guest_as_user_1000"], 600);
 
 const JAILER: &str = env!("CARGO_BIN_EXE_flint-jailer");
 const NOBODY: u32 = 65534;
@@ -554,7 +559,7 @@ fn daemonized_the_jailer_and_flint_print_nothing() {
 /// controllers.
 #[test]
 fn jailed_default_guest_as_user_1000() {
-    if ran_in_lab("jailed_default_guest_as_user_1000") {
+    if LAB.ran("jailed_default_guest_as_user_1000") {
         return;
     }
     let offered = offered_controllers();

@@ -10,7 +10,8 @@
 //! guest is the kernel alone: `rdinit=/pause` keeps it alive, `ip=`
 //! configures the interface, the kernel answers ARP and ping and sends its
 //! log with netconsole. The TCP transfer needs guest user space: on a kvm_pvm
-//! host it re-runs itself inside the lab VM (`common::ran_in_lab`). These
+//! host it runs inside the lab VM (`common::lab`), as do the kernel-only
+//! tests of one VM, which boot there in seconds rather than minutes. These
 //! tests need root (namespaces, TAPs) and `ip` and `ping` from iproute2 and
 //! iputils.
 
@@ -26,8 +27,21 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::lab::Lab;
 use common::netns::{require_root, Netns};
-use common::{artifact, boot_deadline, cmdline, guest_hash, pattern, ran_in_lab, sha256, Running};
+use common::{artifact, boot_deadline, cmdline, guest_hash, pattern, sha256, Running};
+
+/// The tests that run in the lab VM on a kvm_pvm host (`common::lab`),
+/// all in one lab run of at most the time given.
+static LAB: Lab = Lab::new(
+    &[
+        "guest_kernel_configures_eth0_from_ip_and_answers_ping_up_to_the_mtu",
+        "host_receives_the_guest_kernel_log_over_netconsole",
+        "two_nics_eth1_answers_ping_and_eth0_carries_netconsole_and_arp",
+        "tcp_64_mib_each_way_with_busybox_nc",
+    ],
+    1500,
+);
 
 const HANDOVER: &str = "Run /pause as init process";
 /// The guest's MACs (locally administered) and the addresses on each link.
@@ -316,6 +330,9 @@ fn boot_in(ns: &Netns, cmdline_extra: &str, nets: &[&str]) -> Running {
 
 #[test]
 fn guest_kernel_configures_eth0_from_ip_and_answers_ping_up_to_the_mtu() {
+    if LAB.ran("guest_kernel_configures_eth0_from_ip_and_answers_ping_up_to_the_mtu") {
+        return;
+    }
     require_root("guest_kernel_configures_eth0_from_ip_and_answers_ping_up_to_the_mtu");
     let ns = Netns::new();
     ns.add_tap("tap0", &format!("{HOST0}/24"));
@@ -342,6 +359,9 @@ fn guest_kernel_configures_eth0_from_ip_and_answers_ping_up_to_the_mtu() {
 
 #[test]
 fn host_receives_the_guest_kernel_log_over_netconsole() {
+    if LAB.ran("host_receives_the_guest_kernel_log_over_netconsole") {
+        return;
+    }
     require_root("host_receives_the_guest_kernel_log_over_netconsole");
     let ns = Netns::new();
     ns.add_tap("tap0", &format!("{HOST0}/24"));
@@ -376,6 +396,9 @@ fn host_receives_the_guest_kernel_log_over_netconsole() {
 /// guest's address (Linux answers for any local address on any interface).
 #[test]
 fn two_nics_eth1_answers_ping_and_eth0_carries_netconsole_and_arp() {
+    if LAB.ran("two_nics_eth1_answers_ping_and_eth0_carries_netconsole_and_arp") {
+        return;
+    }
     require_root("two_nics_eth1_answers_ping_and_eth0_carries_netconsole_and_arp");
     let ns = Netns::new();
     ns.add_tap("tap0", &format!("{HOST0}/24"));
@@ -442,7 +465,7 @@ fn two_nics_eth1_answers_ping_and_eth0_carries_netconsole_and_arp() {
 
 #[test]
 fn tcp_64_mib_each_way_with_busybox_nc() {
-    if ran_in_lab("tcp_64_mib_each_way_with_busybox_nc") {
+    if LAB.ran("tcp_64_mib_each_way_with_busybox_nc") {
         return;
     }
     require_root("tcp_64_mib_each_way_with_busybox_nc");

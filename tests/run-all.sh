@@ -34,24 +34,54 @@ bash resources/lab/build.sh >/dev/null
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-# tests/common appends "TEST SECONDS RUNS" here for every test run in the lab.
+# tests/common/lab.rs appends "run FILE SECONDS TESTS" here for every lab
+# run and "test NAME SECONDS RUN" for every test's result from the lab.
 FLINT_LAB_TIMES=$(mktemp /tmp/flint-lab-times.XXXXXX)
 export FLINT_LAB_TIMES
-trap 'rm -f "$FLINT_LAB_TIMES"' EXIT
 started=$SECONDS
+# timed_tests FILE: passes libtest's output through, and writes "SECONDS
+# TEST" to FILE for every test: the time from the line before its first
+# one (the test before it, or its binary's "running N tests") to its
+# verdict. libtest prints "test NAME ... " at the start and the verdict at
+# the end, with whatever a child process wrote in between.
+timed_tests() {
+	local out=$1 line name= mark=$SECONDS
+	while IFS= read -r line; do
+		printf '%s\n' "$line"
+		if [[ $line =~ ^running\ [0-9]+\ tests?$ ]]; then
+			mark=$SECONDS
+			name=
+		elif [[ $line =~ ^test\ ([^ ]+)\ \.\.\.\  ]]; then
+			name=${BASH_REMATCH[1]}
+		fi
+		if [ -n "$name" ] && [[ $line =~ (ok|FAILED|ignored)$ ]]; then
+			printf '%d %s\n' $((SECONDS - mark)) "$name" >>"$out"
+			mark=$SECONDS
+			name=
+		fi
+	done
+}
 status=0
 # One test at a time: a lab VM next to a guest kernel emulated on this
 # 2-CPU host (or a second lab test) starves the lab's nested guest until it
 # stalls; run side by side, the Debian guest froze after reaching
 # multi-user in two runs of two. --no-fail-fast: every test binary
 # runs, so one failure hides no other.
-cargo test --workspace --no-fail-fast -- --test-threads=1 || status=$?
+# Each test's time (from the end of the one before it) goes to
+# $test_times; the slowest are listed at the end.
+test_times=$(mktemp /tmp/flint-test-times.XXXXXX)
+trap 'rm -f "$FLINT_LAB_TIMES" "$test_times"' EXIT
+cargo test --workspace --no-fail-fast -- --test-threads=1 2>&1 | timed_tests "$test_times" ||
+	status=$?
 # The API against its OpenAPI document, fuzzed by schemathesis (bounded: ~3 min).
 bash tests/api-schemathesis.sh || status=$?
 # Every libFuzzer target briefly: its seeds and a little more (tests/fuzz).
 bash tests/fuzz/run.sh --seconds 3 || status=$?
 awk -v total=$((SECONDS - started)) '
-	{ n++; lab += $2; if ($3 > 1) retried++ }
-	END { printf "run-all: tests took %d s; %d ran in the lab VM: %.0f s of lab runs (boots included), %d needed more than one lab run\n", total, n, lab, retried }
+	$1 == "run" { runs++; lab += $3; if (!($2 in files)) { files[$2] = 1; nfiles++ } }
+	$1 == "test" { n++; if ($4 > 1) retried++ }
+	END { printf "run-all: tests took %d s; %d ran in the lab VM, in %d lab runs (%d files): %.0f s of lab runs (boots included); %d needed more than one lab run\n", total, n, runs, nfiles, lab, retried }
 ' "$FLINT_LAB_TIMES" >&2
+echo "run-all: the slowest tests (seconds):" >&2
+sort -rn "$test_times" | head -n 15 | sed 's/^/run-all:   /' >&2
 exit "$status"

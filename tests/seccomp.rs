@@ -13,7 +13,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::lab::Lab;
 use common::{boot_deadline, run, spawn, spawn_guest, stop_with_sigterm, Running};
+
+/// The tests that run in the lab VM on a kvm_pvm host (`common::lab`),
+/// all in one lab run of at most the time given.
+static LAB: Lab = Lab::new(
+    &[
+        "no_seccomp_installs_no_filter_and_boots",
+        "the_builtin_lists_compiled_from_json_boot_like_the_defaults",
+    ],
+    600,
+);
 
 const SECCOMPILER: &str = env!("CARGO_BIN_EXE_flint-seccompiler");
 
@@ -96,6 +107,9 @@ fn default_filters_are_on_in_every_thread_and_the_guest_boots_to_init() {
 
 #[test]
 fn no_seccomp_installs_no_filter_and_boots() {
+    if LAB.ran("no_seccomp_installs_no_filter_and_boots") {
+        return;
+    }
     let mut vm = spawn_guest(true, Some("rdinit=/pause"), &["--no-seccomp"]);
     vm.wait_for("Run /pause as init process", boot_deadline());
     let modes = flint_thread_modes(&vm);
@@ -166,6 +180,9 @@ fn a_custom_filter_without_ioctl_for_vcpus_stops_flint_with_148_at_the_first_kvm
 
 #[test]
 fn the_builtin_lists_compiled_from_json_boot_like_the_defaults() {
+    if LAB.ran("the_builtin_lists_compiled_from_json_boot_like_the_defaults") {
+        return;
+    }
     let file = compile(&builtin_json(), "builtin");
     let mut vm = spawn_guest(
         true,

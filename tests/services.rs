@@ -13,10 +13,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::api::{socket_path, ApiVm};
-use common::{
-    artifact, boot_deadline, cmdline, guest_hash, pattern, ran_in_lab, sha256, spawn_guest, Running,
-};
+use common::lab::Lab;
+use common::{artifact, boot_deadline, cmdline, guest_hash, pattern, sha256, spawn_guest, Running};
 use serde_json::json;
+
+/// The tests that run in the lab VM on a kvm_pvm host (`common::lab`),
+/// all in one lab run of at most the time given.
+static LAB: Lab = Lab::new(
+    &[
+        "vsock_streams_64_mib_each_way_with_checksums",
+        "vsock_many_connections_refusals_and_half_closed_streams",
+        "entropy_device_is_the_guests_hwrng",
+        "balloon_takes_memory_from_the_guest_and_gives_it_back",
+    ],
+    1500,
+);
 
 /// Connect to the vsock device's socket and ask for guest port `port`;
 /// returns the stream and the device's answer line (`OK <port>` when a
@@ -70,7 +81,7 @@ fn remove_sockets(uds: &Path, ports: &[u32]) {
 
 #[test]
 fn vsock_streams_64_mib_each_way_with_checksums() {
-    if ran_in_lab("vsock_streams_64_mib_each_way_with_checksums") {
+    if LAB.ran("vsock_streams_64_mib_each_way_with_checksums") {
         return;
     }
     const LEN: usize = 64 << 20;
@@ -140,7 +151,7 @@ fn vsock_streams_64_mib_each_way_with_checksums() {
 
 #[test]
 fn vsock_many_connections_refusals_and_half_closed_streams() {
-    if ran_in_lab("vsock_many_connections_refusals_and_half_closed_streams") {
+    if LAB.ran("vsock_many_connections_refusals_and_half_closed_streams") {
         return;
     }
     let uds = vsock_path("conns");
@@ -228,7 +239,7 @@ fn vsock_many_connections_refusals_and_half_closed_streams() {
 
 #[test]
 fn entropy_device_is_the_guests_hwrng() {
-    if ran_in_lab("entropy_device_is_the_guests_hwrng") {
+    if LAB.ran("entropy_device_is_the_guests_hwrng") {
         return;
     }
     let metrics = std::env::temp_dir().join(format!("flint-rng-{}.json", std::process::id()));
@@ -315,7 +326,7 @@ fn wait_mem_total(vm: &mut Running, what: &str, ok: impl Fn(u64) -> bool) -> u64
 
 #[test]
 fn balloon_takes_memory_from_the_guest_and_gives_it_back() {
-    if ran_in_lab("balloon_takes_memory_from_the_guest_and_gives_it_back") {
+    if LAB.ran("balloon_takes_memory_from_the_guest_and_gives_it_back") {
         return;
     }
     // The guest touches most of its 256 MiB (so flint's RSS holds it), in

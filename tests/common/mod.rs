@@ -114,26 +114,6 @@ pub fn in_lab() -> bool {
     std::env::var_os("FLINT_LAB").is_some()
 }
 
-/// Where a test that needs guest user space runs. Where this host's KVM can
-/// run guest user space (hardware KVM, or inside the lab) it runs here and
-/// this returns false. On a kvm_pvm host the test re-runs itself, the same
-/// test binary and test name, inside the lab VM (`resources/lab/lab run`),
-/// passes or fails with that run, and this returns true: the caller
-/// returns. `test` must be the test function's exact name.
-pub fn ran_in_lab(test: &str) -> bool {
-    ran_in_lab_with(test, &[])
-}
-
-/// [`ran_in_lab`] with arguments for the lab runner (a longer
-/// `--timeout` for a guest that takes minutes to boot there).
-pub fn ran_in_lab_with(test: &str, lab_args: &[&str]) -> bool {
-    if !is_pvm_host() {
-        return false;
-    }
-    lab_run_test(test, lab_args);
-    true
-}
-
 /// How a test's panic says that flint printed nothing at all.
 pub const NOTHING_PRINTED: &str = "flint printed nothing at all";
 
@@ -147,99 +127,6 @@ pub const GUEST_FROZE: &str = "the nested guest froze";
 /// (a kernel line, a timer-driven message, a command's output) far more
 /// often than this even under the lab's emulation.
 const STALL: Duration = Duration::from_secs(90);
-
-/// Lab runs a test gets when the lab fails by itself ([`lab_instability`]).
-/// With the lab's one CPU that is rare (10 runs in 10 of a 45 s test
-/// passed); with two it was one run in five (resources/lab/README.md).
-const LAB_ATTEMPTS: u32 = 3;
-
-/// The ways the lab's emulated nested SVM fails by itself now and then
-/// (resources/lab/README.md), which earn a test another lab run, said out
-/// loud: the lab VM timed out (124) or failed (125); the nested guest was
-/// reset to the x86 reset vector right at its start (a triple fault at rip
-/// 0xfff0, seen with Firecracker in the lab too); it never ran, so flint
-/// printed nothing at all; or it froze part way (seen in the early boot of
-/// the same kernel that boots in 20 s on every other run, its clock
-/// stopped with it). A test that fails any other way, or
-/// [`LAB_ATTEMPTS`] times, fails.
-fn lab_instability(status: Option<i32>, text: &str) -> bool {
-    matches!(status, Some(124 | 125))
-        || text.contains("triple fault (KVM_EXIT_SHUTDOWN) at guest rip 0xfff0")
-        || text.contains(NOTHING_PRINTED)
-        || text.contains(GUEST_FROZE)
-}
-
-/// Run this test binary's test `test` in the lab VM, with `lab_args` (such
-/// as `--memory`) for the lab runner; panics with the lab's output unless
-/// exactly that test ran and passed there.
-pub fn lab_run_test(test: &str, lab_args: &[&str]) {
-    let exe = std::env::current_exe().expect("test binary path");
-    // Build (or find) the guest here, so the run inside does not have to.
-    let artifacts = format_artifacts(guest());
-    let lab = Path::new(env!("CARGO_MANIFEST_DIR")).join("resources/lab/lab");
-    let started = Instant::now();
-    let mut attempt = 1;
-    let (out, text) = loop {
-        let mut cmd = Command::new(&lab);
-        // The lab's timeout bounds a lab VM that stopped making progress
-        // without a soft lockup; each lab test takes 10-70 s here, and its
-        // own deadlines catch a hung guest or flint.
-        cmd.args(["run", "--no-tty", "--timeout", "300"])
-            .args(lab_args)
-            .arg("--");
-        cmd.arg(&exe)
-            .args(["--exact", test, "--nocapture", "--test-threads=1"]);
-        cmd.env("FLINT_TEST_GUEST", &artifacts);
-        if let Some(d) = DEBIAN.get() {
-            cmd.env("FLINT_TEST_DEBIAN", format_artifacts(d));
-        }
-        let out = cmd
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", lab.display()));
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if attempt < LAB_ATTEMPTS
-            && !out.status.success()
-            && lab_instability(out.status.code(), &text)
-        {
-            use std::io::Write;
-            // Indented, so that the first run's "test ... FAILED" lines
-            // are not taken for this run's verdict by whoever reads the log.
-            let shown: String = text.lines().map(|l| format!("  | {l}\n")).collect();
-            let _ = writeln!(
-                std::io::stderr(),
-                "{test}: the lab's nested SVM failed by itself ({}) on run {attempt} of at most \
-                 {LAB_ATTEMPTS}; trying again. Its output:\n{shown}",
-                out.status
-            );
-            attempt += 1;
-            continue;
-        }
-        break (out, text);
-    };
-    let took = started.elapsed().as_secs_f64();
-    // The harness shows this for failing tests (and with --nocapture).
-    println!("--- {test} in the lab ({took:.1} s, {attempt} run(s)) ---\n{text}");
-    if let Some(log) = std::env::var_os("FLINT_LAB_TIMES") {
-        use std::io::Write;
-        let line = format!("{test} {took:.1} {attempt}\n");
-        let file = std::fs::OpenOptions::new().append(true).open(log);
-        let _ = file.and_then(|mut f| f.write_all(line.as_bytes()));
-    }
-    assert!(
-        out.status.success(),
-        "{test} failed in the lab ({}):\n{text}",
-        out.status
-    );
-    assert!(
-        text.contains(&format!("test {test} ... ok")) && text.contains("1 passed"),
-        "the lab run did not run exactly {test}:\n{text}"
-    );
-}
 
 /// Deadline for a boot on this host: the emulating PVM host runs guest
 /// kernel code orders of magnitude slower than hardware.
@@ -568,4 +455,5 @@ pub fn stop_with_sigterm(vm: &mut Running, timeout: Duration) -> String {
     out
 }
 pub mod api;
+pub mod lab;
 pub mod netns;
