@@ -90,16 +90,32 @@ struct Cli {
     #[arg(long, value_name = "SPEC")]
     balloon: Option<String>,
     /// Restore the microVM of this snapshot state file (written by PUT
-    /// /snapshot/create) instead of booting one; needs --mem-file. The
-    /// snapshot brings its own kernel state, devices and configuration.
-    #[arg(long, value_name = "FILE", requires = "mem_file",
+    /// /snapshot/create) instead of booting one; needs --mem-file or
+    /// --mem-uffd. The snapshot brings its own kernel state, devices and
+    /// configuration.
+    #[arg(long, value_name = "FILE", requires = "memory_backend",
           conflicts_with_all = ["kernel", "initrd", "cmdline", "append", "vcpus", "memory",
                                 "config_file", "drive", "net", "vsock", "entropy", "balloon"])]
     restore: Option<PathBuf>,
     /// The snapshot's memory file, for --restore (mapped privately: it is
     /// only read, page by page as the guest touches them).
-    #[arg(long, value_name = "FILE", requires = "restore")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "restore",
+        group = "memory_backend"
+    )]
     mem_file: Option<PathBuf>,
+    /// For --restore: the unix socket of a page server (such as
+    /// flint-uffd-server) that fills the guest's memory on demand over a
+    /// userfaultfd (Firecracker's Uffd backend).
+    #[arg(
+        long,
+        value_name = "SOCKET",
+        requires = "restore",
+        group = "memory_backend"
+    )]
+    mem_uffd: Option<PathBuf>,
     /// Print the boot phases (ms since launch) at exit, and the guest's
     /// boot-timer write when it happens.
     #[arg(long)]
@@ -315,7 +331,7 @@ fn load_snapshot(
 ) -> Result<Vmm, String> {
     use flint::snapshot::{format, MicrovmState};
     log::info!("loading the snapshot {}", p.snapshot_path.display());
-    let mem = p.mem_file().map_err(|e| e.to_string())?;
+    let mem = p.mem_source().map_err(|e| e.to_string())?;
     let (_, mut snap): (_, MicrovmState) =
         format::read(&p.snapshot_path).map_err(|e| e.to_string())?;
     snap.apply_overrides(&p.network_overrides)
@@ -440,12 +456,23 @@ fn run(cli: &Cli) -> u8 {
         return run_api(cli, sock, st, &filters);
     }
     let opts = run_options(cli, &filters);
-    let vmm = match (&cli.restore, &cli.mem_file) {
-        (Some(state), Some(mem)) => {
+    let vmm = match &cli.restore {
+        Some(state) => {
+            use flint::snapshot::{BackendType, MemBackend};
+            let mem_backend = match (&cli.mem_file, &cli.mem_uffd) {
+                (_, Some(socket)) => MemBackend {
+                    backend_type: BackendType::Uffd,
+                    backend_path: socket.clone(),
+                },
+                (mem, None) => MemBackend {
+                    backend_type: BackendType::File,
+                    backend_path: mem.clone().unwrap_or_default(),
+                },
+            };
             let p = flint::snapshot::LoadParams {
                 snapshot_path: state.clone(),
-                mem_backend: None,
-                mem_file_path: Some(mem.clone()),
+                mem_backend: Some(mem_backend),
+                mem_file_path: None,
                 enable_diff_snapshots: false,
                 track_dirty_pages: false,
                 resume_vm: true,
@@ -453,7 +480,7 @@ fn run(cli: &Cli) -> u8 {
             };
             load_snapshot(&mut st, &opts, &p)
         }
-        _ => st
+        None => st
             .resources
             .build()
             .map_err(|e| e.to_string())

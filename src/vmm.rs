@@ -192,6 +192,7 @@ struct Parts {
     vcpus: Vec<Vcpu>,
     root: Option<String>,
     stop_evt: Arc<EventFd>,
+    stop_tx: std::sync::mpsc::Sender<(u8, vcpu::StopReason)>,
     stop_rx: std::sync::mpsc::Receiver<(u8, vcpu::StopReason)>,
 }
 
@@ -233,8 +234,22 @@ impl Parts {
             vcpus,
             root,
             stop_evt,
+            stop_tx,
             stop_rx,
         })
+    }
+
+    /// Stop the VM when the page server filling its memory goes away.
+    fn watch_page_server(&mut self, stream: std::os::unix::net::UnixStream) {
+        let (tx, evt) = (self.stop_tx.clone(), self.stop_evt.clone());
+        let gone = Box::new(move || {
+            let why = "the page server closed its connection: the guest's memory can no \
+                       longer be served";
+            let _ = tx.send((0, vcpu::StopReason::Crash(why.into())));
+            let _ = evt.write(1);
+        });
+        let watch = crate::snapshot::uffd::ServerWatch::new(stream, gone);
+        self.dm.subscribers.push(Arc::new(Mutex::new(watch)));
     }
 
     /// The event loop and the control of the VM's end around the parts.
@@ -273,6 +288,7 @@ impl Parts {
             vcpus: Vec::new(),
             vm: self.vm,
             mem,
+            uffd: None,
             host,
             state: VmState::Built,
             metrics: None,
@@ -295,6 +311,10 @@ pub struct Vmm {
     vcpus: Vec<VcpuHandle>,
     vm: Vm,
     mem: GuestMemoryMmap,
+    /// The userfaultfd of memory a page server fills (a snapshot loaded
+    /// with the Uffd backend), kept open as long as the memory: closed,
+    /// the pages not yet served would read as zeros.
+    uffd: Option<std::fs::File>,
     host: HostKind,
     state: VmState,
     metrics: Option<MetricsSink>,
@@ -359,19 +379,34 @@ impl Vmm {
         parts.finish(cfg, opts, host, mem)
     }
 
-    /// Build the VM a snapshot describes, its memory mapped from `mem_file`
-    /// and every vCPU and device put back as it was. Nothing runs yet.
+    /// Build the VM a snapshot describes, its memory from `source` (the
+    /// memory file mapped privately, or a page server's) and every vCPU and
+    /// device put back as it was. Nothing runs yet.
     pub fn restore(
         snap: &crate::snapshot::MicrovmState,
-        mem_file: &std::path::Path,
+        source: crate::snapshot::MemSource,
         opts: &RunOptions,
     ) -> Result<Vmm, Error> {
+        use crate::snapshot::{self, MemSource};
         let cfg = &snap.config;
         let host = prepare(cfg)?;
         snap.check()?;
-        let ranges = memory::ram_ranges(cfg.mem_mib);
-        let mem = crate::snapshot::memory::map(mem_file, &ranges, cfg.mem_mib)
-            .map_err(crate::snapshot::Error::from)?;
+        let (mem, uffd) = match source {
+            MemSource::File(path) => {
+                let ranges = memory::ram_ranges(cfg.mem_mib);
+                let mem = snapshot::memory::map(path, &ranges, cfg.mem_mib)
+                    .map_err(snapshot::Error::from)?;
+                (mem, None)
+            }
+            // Handed over before anything touches the memory: from then
+            // on every first touch is the page server's to fill.
+            MemSource::Uffd(socket) => {
+                let mem = memory::create(cfg.mem_mib)?;
+                let handed =
+                    snapshot::uffd::hand_over(&mem, socket).map_err(snapshot::Error::from)?;
+                (mem, Some(handed))
+            }
+        };
         let vm = Vm::new(&mem)?;
         crate::vstate::state::restore_vm(vm.fd(), &snap.vm)?;
         let mut parts = Parts::new(cfg, opts, vm, &mem)?;
@@ -383,8 +418,14 @@ impl Vmm {
         parts
             .dm
             .restore_state(&snap.devices, &parts.vm)
-            .map_err(crate::snapshot::Error::from)?;
-        parts.finish(cfg, opts, host, mem)
+            .map_err(snapshot::Error::from)?;
+        let uffd = uffd.map(|h| {
+            parts.watch_page_server(h.stream);
+            h.uffd
+        });
+        let mut vmm = parts.finish(cfg, opts, host, mem)?;
+        vmm.uffd = uffd;
+        Ok(vmm)
     }
 
     /// Start the vCPU threads.

@@ -4,13 +4,15 @@
 //!
 //! A snapshot is taken of a paused VM. Restoring builds the VM the state
 //! file's configuration describes (the same devices at the same places),
-//! maps the memory file privately, and puts every vCPU and device back as
+//! maps the memory file privately (or hands the guest's memory to a page
+//! server over userfaultfd, [`uffd`]), and puts every vCPU and device back as
 //! it was; disks and TAP devices are opened again by name, so they must
 //! still exist (a TAP may be renamed with `network_overrides`).
 
 pub mod devices;
 pub mod format;
 pub mod memory;
+pub mod uffd;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -35,8 +37,8 @@ pub enum Error {
     NoIface(String),
     #[error("snapshot_type Diff is not supported yet: take a Full snapshot")]
     Diff,
-    #[error("mem_backend: the Uffd backend is not supported yet: use backend_type File")]
-    Uffd,
+    #[error(transparent)]
+    Uffd(#[from] uffd::Error),
     #[error("give the memory file as mem_backend (or mem_file_path), not both or neither")]
     MemFile,
 }
@@ -163,13 +165,24 @@ pub struct LoadParams {
     pub network_overrides: Vec<NetworkOverride>,
 }
 
+/// Where a restored VM's memory comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemSource<'a> {
+    /// The memory file, mapped privately ([`memory::map`]).
+    File(&'a Path),
+    /// A page server listening on this unix socket ([`uffd`]).
+    Uffd(&'a Path),
+}
+
 impl LoadParams {
-    /// The memory file to map (the File backend).
-    pub fn mem_file(&self) -> Result<&std::path::Path, Error> {
+    /// The memory backend: `mem_backend`, or the older `mem_file_path`.
+    pub fn mem_source(&self) -> Result<MemSource<'_>, Error> {
         match (&self.mem_backend, &self.mem_file_path) {
-            (Some(b), None) if b.backend_type == BackendType::File => Ok(&b.backend_path),
-            (Some(_), None) => Err(Error::Uffd),
-            (None, Some(p)) => Ok(p),
+            (Some(b), None) => Ok(match b.backend_type {
+                BackendType::File => MemSource::File(&b.backend_path),
+                BackendType::Uffd => MemSource::Uffd(&b.backend_path),
+            }),
+            (None, Some(p)) => Ok(MemSource::File(p)),
             _ => Err(Error::MemFile),
         }
     }
@@ -191,17 +204,17 @@ mod tests {
                 "resume_vm": true, "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap9"}]}"#,
         )
         .unwrap();
-        assert_eq!(l.mem_file().unwrap(), std::path::Path::new("/m"));
+        assert_eq!(l.mem_source().unwrap(), MemSource::File(Path::new("/m")));
         assert!(l.resume_vm);
         let old: LoadParams =
             serde_json::from_str(r#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#).unwrap();
-        assert_eq!(old.mem_file().unwrap(), std::path::Path::new("/m"));
+        assert_eq!(old.mem_source().unwrap(), MemSource::File(Path::new("/m")));
         let uffd: LoadParams = serde_json::from_str(
             r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/u"}}"#,
         )
         .unwrap();
-        assert!(matches!(uffd.mem_file(), Err(Error::Uffd)));
+        assert_eq!(uffd.mem_source().unwrap(), MemSource::Uffd(Path::new("/u")));
         let neither: LoadParams = serde_json::from_str(r#"{"snapshot_path": "/s"}"#).unwrap();
-        assert!(matches!(neither.mem_file(), Err(Error::MemFile)));
+        assert!(matches!(neither.mem_source(), Err(Error::MemFile)));
     }
 }
