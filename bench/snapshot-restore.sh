@@ -6,6 +6,8 @@
 #   load   PUT /snapshot/load (File backend, resume_vm) on a fresh flint:
 #          request sent -> 204 answered (the vCPUs run: Firecracker's
 #          restore latency), and -> the guest's next line
+#   uffd   the same with the Uffd backend, flint-uffd-server serving the
+#          memory file (started before the request, not timed)
 #   cli    flint --restore: launch -> the guest's next line
 #   boot   flint --kernel counter.elf: launch -> the guest's first line
 # and the sizes of the snapshot's files. Medians and p90s. The counter
@@ -18,13 +20,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-20}
 flint=target/release/flint
-[ -x "$flint" ] || cargo build --release >&2
+[ -x "$flint" ] && [ -x target/release/flint-uffd-server ] || cargo build --release >&2
 eval "$(bash resources/tiny/build.sh)"
 echo "runs: $n; host KVM: $([ -d /sys/module/kvm_pvm ] && echo kvm_pvm || echo hardware); flint: $flint"
 python3 - "$n" "$flint" "$tiny_counter" <<'PY'
 import json, os, socket, subprocess, sys, tempfile, time, statistics as st
 
 n, flint, counter = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+server = os.path.join(os.path.dirname(flint), "flint-uffd-server")
 work = tempfile.mkdtemp(prefix="flint-snapbench-")
 
 def first_line(proc, prefix=b"count "):
@@ -91,7 +94,7 @@ for mib in (128, 1024):
     sm = os.stat(mem)
     print(f"guest {mib} MiB: state file {os.path.getsize(snap)} bytes; memory file "
           f"{sm.st_size >> 20} MiB long, {sm.st_blocks * 512 >> 10} KiB on disk")
-    load_req, load_line, cli, boot = [], [], [], []
+    load_req, load_line, uffd_req, uffd_line, cli, boot = [], [], [], [], [], []
     for i in range(n):
         sock = f"{work}/load-{mib}-{i}.sock"
         p = start(["--api-sock", sock])
@@ -103,6 +106,23 @@ for mib in (128, 1024):
         first_line(p)
         load_line.append(ms(t0))
         stop(p)
+        usock = f"{work}/uffd-{mib}-{i}.sock"
+        pages = subprocess.Popen([server, "--socket", usock, "--mem-file", mem],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        sock = f"{work}/uload-{mib}-{i}.sock"
+        p = start(["--api-sock", sock])
+        api(sock, "GET", "/machine-config")
+        while not os.path.exists(usock):
+            time.sleep(0.001)
+        t0 = time.perf_counter()
+        api(sock, "PUT", "/snapshot/load", {"snapshot_path": snap, "resume_vm": True,
+            "mem_backend": {"backend_type": "Uffd", "backend_path": usock}})
+        uffd_req.append(ms(t0))
+        first_line(p)
+        uffd_line.append(ms(t0))
+        stop(p)
+        pages.wait()
         t0 = time.perf_counter()
         p = start(["--restore", snap, "--mem-file", mem])
         first_line(p)
@@ -115,6 +135,8 @@ for mib in (128, 1024):
         stop(p)
     summary("PUT /snapshot/load -> 204 (vCPUs running)", load_req)
     summary("PUT /snapshot/load -> guest's next line", load_line)
+    summary("Uffd: PUT /snapshot/load -> 204", uffd_req)
+    summary("Uffd: PUT /snapshot/load -> guest's next line", uffd_line)
     summary("flint --restore launch -> guest's next line", cli)
     summary("cold boot launch -> guest's first line", boot)
 print("reference: Firecracker's published restore latency, 1 vCPU/128 MiB: 1.5-2.5 ms (P50)")

@@ -16,7 +16,7 @@ use devices::virtio::vsock::Vsock;
 use devices::virtio::VirtioDevice;
 use devices::{Bus, BusDevice};
 use event_manager::MutEventSubscriber;
-use vm_memory::GuestMemoryMmap;
+use devices::GuestMemoryMmap;
 
 use crate::console::ConsoleOut;
 use crate::layout::{

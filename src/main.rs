@@ -336,6 +336,9 @@ fn load_snapshot(
         format::read(&p.snapshot_path).map_err(|e| e.to_string())?;
     snap.apply_overrides(&p.network_overrides)
         .map_err(|e| e.to_string())?;
+    // As in Firecracker, the load request decides whether the restored VM
+    // tracks dirty pages (for a Diff snapshot of it later).
+    snap.config.track_dirty_pages = p.track_dirty_pages || p.enable_diff_snapshots;
     let mut vmm = Vmm::restore(&snap, mem, opts).map_err(|e| e.to_string())?;
     vmm.set_metrics(st.metrics.take());
     if p.resume_vm {

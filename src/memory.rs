@@ -18,7 +18,8 @@
 //! 0x1_0000_0000 RAM above the gap when the guest has more than 3 GiB
 //! ```
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
+use devices::GuestMemoryMmap;
 
 pub const GDT_START: u64 = 0x500;
 pub const ZERO_PAGE_START: u64 = 0x7000;

@@ -7,7 +7,7 @@ use devices::virtio::block::{self, Block, BlockConfig};
 use devices::virtio::net::{self, Net};
 use devices::virtio::rng::{self, Rng, RngConfig};
 use devices::virtio::vsock::{self, Vsock};
-use vm_memory::GuestMemoryMmap;
+use devices::GuestMemoryMmap;
 
 use crate::config::{
     BalloonConfig, CacheType, DriveConfig, EntropyConfig, IoEngine, NetConfig, VmConfig,

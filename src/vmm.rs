@@ -7,8 +7,8 @@ use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use devices::GuestMemoryMmap;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::boot::kernel_scan::VirtioCmdline;
@@ -341,7 +341,7 @@ impl Vmm {
         // of the VM (irqchip, PIT, memory slots) are independent: overlap.
         let (images, vm) = std::thread::scope(|s| {
             let loader = s.spawn(|| boot::load_images(&mem, &cfg.kernel, cfg.initrd.as_deref()));
-            let vm = Vm::new(&mem);
+            let vm = Vm::new(&mem, cfg.track_dirty_pages);
             (loader.join(), vm)
         });
         let images = images.map_err(|_| Error::LoaderThread)??;
@@ -407,7 +407,7 @@ impl Vmm {
                 (mem, Some(handed))
             }
         };
-        let vm = Vm::new(&mem)?;
+        let vm = Vm::new(&mem, cfg.track_dirty_pages)?;
         crate::vstate::state::restore_vm(vm.fd(), &snap.vm)?;
         let mut parts = Parts::new(cfg, opts, vm, &mem)?;
         // The vCPUs first: an interrupt a device raises again as it is
@@ -458,14 +458,17 @@ impl Vmm {
         Ok(())
     }
 
-    /// Write a snapshot of the paused VM: its state to `state_path`, its
-    /// memory to `mem_path` (each to a temporary name, then renamed).
+    /// Write a snapshot of the paused VM: its state to `snapshot_path`
+    /// (to a temporary name, then renamed); its memory to `mem_file_path`
+    /// (Full: the same way), or (Diff) only the pages written since the
+    /// last snapshot, into that snapshot's memory file at `mem_file_path`.
     pub fn snapshot(&mut self, p: &crate::snapshot::CreateParams) -> Result<(), Error> {
         use crate::snapshot::{self, MicrovmState, SnapshotType};
         if self.state != VmState::Paused {
             return Err(Error::NotPaused);
         }
-        if p.snapshot_type == SnapshotType::Diff {
+        let diff = p.snapshot_type == SnapshotType::Diff;
+        if diff && !self.cfg.track_dirty_pages {
             return Err(snapshot::Error::Diff.into());
         }
         let mut vcpus = Vec::with_capacity(self.vcpus.len());
@@ -478,11 +481,22 @@ impl Vmm {
             vcpus,
             devices: self.dm.save_state().map_err(snapshot::Error::from)?,
         };
-        let written =
-            snapshot::memory::save(&self.mem, &p.mem_file_path).map_err(snapshot::Error::from)?;
+        let written = if diff {
+            let logs = self.vm.dirty_logs(&self.mem)?;
+            snapshot::memory::save_dirty(&self.mem, &p.mem_file_path, &logs)
+        } else {
+            snapshot::memory::save(&self.mem, &p.mem_file_path)
+        }
+        .map_err(snapshot::Error::from)?;
+        if !diff && self.cfg.track_dirty_pages {
+            // The next Diff holds what changes after this Full snapshot.
+            self.vm.dirty_logs(&self.mem)?;
+            snapshot::memory::clear_dirty(&self.mem);
+        }
         snapshot::format::write(&p.snapshot_path, &state).map_err(snapshot::Error::from)?;
         log::info!(
-            "snapshot: state in {}, memory in {} ({written} bytes of data)",
+            "snapshot ({:?}): state in {}, memory in {} ({written} bytes of data)",
+            p.snapshot_type,
             p.snapshot_path.display(),
             p.mem_file_path.display()
         );
@@ -682,6 +696,7 @@ mod tests {
             vcpus: 1,
             mem_mib: 128,
             smt: false,
+            track_dirty_pages: false,
             drives: vec![],
             nets: vec![],
             vsock: None,

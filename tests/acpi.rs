@@ -1,7 +1,9 @@
 //! ACPI: kernels with ACPI find their CPUs, IOAPIC and virtio devices in
 //! flint's tables (MADT, DSDT) instead of the MP table and the command
-//! line. These are kernel-level tests: they run on the bare host (a kvm_pvm
-//! host too, where they exercise flint's emulation-failure handling).
+//! line. These are kernel-level tests. On a kvm_pvm host the first runs on
+//! the bare host, where it exercises flint's emulation-failure handling;
+//! the other two, which would take a minute or more each there, run in the
+//! lab (`common::lab`).
 
 mod common;
 

@@ -1,11 +1,13 @@
 //! An unmodified Debian 12 system (resources/debian/build.sh): Debian's
 //! cloud kernel and its own initramfs find flint's devices through ACPI,
-//! systemd brings it to multi-user.target, and it powers off, reboots and
-//! shuts down on SIGTERM through ACPI and the keyboard controller. systemd
-//! is user space, so on a kvm_pvm host each test re-runs itself in the lab.
+//! systemd brings it to multi-user.target, and it powers off, and reboots
+//! on SIGTERM, through ACPI and the keyboard controller. systemd is user
+//! space, so on a kvm_pvm host these run in the lab (`common::lab`).
 //!
-//! A boot there takes about two minutes, so these tests share one boot
-//! where they can: poweroff, ping and a synced write in one.
+//! A boot to systemd's login takes two to four minutes there, so these
+//! tests share one boot where they can: poweroff, ping and a synced write
+//! in one; the reboot typed at the shell and the one SIGTERM starts take
+//! the same way from systemd's reboot target on, so one test has both.
 
 mod common;
 
@@ -23,7 +25,6 @@ use common::{debian, in_lab, spawn_with_console, Running, FLINT};
 static LAB: Lab = Lab::new(
     &[
         "debian_reaches_multi_user_answers_ping_keeps_its_writes_and_powers_off",
-        "debian_reboot_ends_flint_with_0",
         "sigterm_shuts_debian_down_cleanly",
         "debian_without_its_root_disk_gives_up_and_flint_exits",
         "a_truncated_initrd_is_reported_by_the_guest_and_flint_exits",
@@ -37,7 +38,7 @@ static LAB: Lab = Lab::new(
 /// takes minutes.
 fn disks() -> Box<dyn std::any::Any> {
     debian("kernel");
-    Box::new(["poweroff", "reboot", "sigterm"].map(Disk::new))
+    Box::new(["poweroff", "sigterm"].map(Disk::new))
 }
 
 const GUEST: &str = "172.16.0.2";
@@ -113,7 +114,13 @@ impl Debian {
             .arg(&initrd)
             .arg("--drive")
             .arg(format!("path={},root=on", disk.path().display()))
-            .args(["--memory", "512", "--vcpus", "2", "--log-level", "info"])
+            // One vCPU: the lab has one CPU, and with two the guest's
+            // vCPUs took turns on it (a spinning lock holder's peer waits a
+            // whole host time slice): the boot to login took 230 s, and
+            // SIGTERM's shutdown stalled past its deadline in two runs of
+            // three. Debian's kernel with two CPUs from flint's MADT is
+            // tests/acpi.rs's.
+            .args(["--memory", "512", "--vcpus", "1", "--log-level", "info"])
             // systemd's shutdown after Ctrl-Alt-Del (SIGTERM) takes longer
             // than flint's default 30 s under the lab's emulation.
             .args(["--shutdown-timeout", "300"])
@@ -269,21 +276,10 @@ fn debian_reaches_multi_user_answers_ping_keeps_its_writes_and_powers_off() {
     );
 }
 
-#[test]
-fn debian_reboot_ends_flint_with_0() {
-    if LAB.ran("debian_reboot_ends_flint_with_0") {
-        return;
-    }
-    let disk = Disk::new("reboot");
-    let mut d = Debian::boot(&disk, None);
-    d.type_line("reboot");
-    let status = d.vm.wait_exit(Duration::from_secs(240));
-    let out = d.vm.output();
-    assert_eq!(status.code(), Some(0), "{out}");
-    assert!(out.contains("reboot: Restarting system"), "{out}");
-    assert!(out.contains("the guest rebooted"), "{out}");
-}
-
+/// SIGTERM to flint is Ctrl-Alt-Del to the guest: systemd goes through its
+/// reboot target, the kernel restarts through the FADT's reset register
+/// (`reboot=acpi`), and flint exits 0. That is also the path of `reboot`
+/// typed at the guest's shell, from systemd's reboot target on.
 #[test]
 fn sigterm_shuts_debian_down_cleanly() {
     if LAB.ran("sigterm_shuts_debian_down_cleanly") {

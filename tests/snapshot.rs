@@ -84,6 +84,12 @@ fn last_count(vm: &Running) -> u64 {
 /// snapshot into `dir`; returns the last count before the pause and the
 /// running (paused) VM.
 fn snapshot_of_a_counter(dir: &Dir) -> (u64, ApiVm) {
+    snapshot_of_a_counter_tracked(dir, false)
+}
+
+/// [`snapshot_of_a_counter`], with dirty-page tracking on if `track`
+/// (else a Diff snapshot is refused, naming the setting).
+fn snapshot_of_a_counter_tracked(dir: &Dir, track: bool) -> (u64, ApiVm) {
     let mut api = ApiVm::start("snap", &[]);
     let mut c = api.client();
     c.ok(
@@ -94,7 +100,8 @@ fn snapshot_of_a_counter(dir: &Dir) -> (u64, ApiVm) {
     c.ok(
         "PUT",
         "/machine-config",
-        &json!({ "vcpu_count": 1, "mem_size_mib": MEM_MIB }).to_string(),
+        &json!({ "vcpu_count": 1, "mem_size_mib": MEM_MIB, "track_dirty_pages": track })
+            .to_string(),
     );
     c.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
     wait_count(&api.vm, 5, Duration::from_secs(60));
@@ -110,6 +117,16 @@ fn snapshot_of_a_counter(dir: &Dir) -> (u64, ApiVm) {
     assert!(r.fault().contains("must be paused"), "{}", r.fault());
     c.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
     let last = last_count(&api.vm);
+    if !track {
+        let diff = json!({
+            "snapshot_type": "Diff",
+            "snapshot_path": dir.file("vm.snap"),
+            "mem_file_path": dir.file("vm.mem"),
+        });
+        let r = c.put("/snapshot/create", &diff.to_string());
+        assert_eq!(r.status, 400, "{r:?}");
+        assert!(r.fault().contains("track_dirty_pages"), "{}", r.fault());
+    }
     c.ok("PUT", "/snapshot/create", &body);
     assert_eq!(last_count(&api.vm), last, "the guest counted while paused");
     let _ = api.vm.child.try_wait();
@@ -207,6 +224,63 @@ fn loaded_over_the_api_paused_then_resumed() {
     c.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
     let got = wait_count(&fresh.vm, last + 3, Duration::from_secs(30));
     assert_eq!(got.first(), Some(&(last + 1)), "{got:?}");
+}
+
+/// A Full snapshot, then, after the guest counted on, a Diff onto a copy
+/// of the Full one's memory file: the Diff changes a few pages of it, and
+/// a flint restored from the Diff's state and that file goes on from the
+/// second pause, while the Full snapshot still restores the first.
+#[test]
+fn a_diff_onto_the_full_snapshots_memory_restores_the_later_state() {
+    let dir = Dir::new("diff");
+    let (last, api) = snapshot_of_a_counter_tracked(&dir, true);
+    let base = std::fs::read(dir.file("vm.mem")).unwrap();
+    std::fs::copy(dir.file("vm.mem"), dir.file("chain.mem")).unwrap();
+    let mut c = api.client();
+    c.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    wait_count(&api.vm, last + 4, Duration::from_secs(30));
+    c.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    let later = last_count(&api.vm);
+    let body = json!({
+        "snapshot_type": "Diff",
+        "snapshot_path": dir.file("chain.snap"),
+        "mem_file_path": dir.file("chain.mem"),
+    });
+    c.ok("PUT", "/snapshot/create", &body.to_string());
+    // The base of a Diff must be the guest's size: a short file is refused.
+    std::fs::write(dir.file("short.mem"), vec![0u8; 4096]).unwrap();
+    let short = json!({
+        "snapshot_type": "Diff",
+        "snapshot_path": dir.file("short.snap"),
+        "mem_file_path": dir.file("short.mem"),
+    });
+    let r = c.put("/snapshot/create", &short.to_string());
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.fault().contains("has 4096 bytes"), "{}", r.fault());
+    drop(api);
+    let chained = std::fs::read(dir.file("chain.mem")).unwrap();
+    let changed = base
+        .chunks(4096)
+        .zip(chained.chunks(4096))
+        .filter(|(a, b)| a != b)
+        .count();
+    eprintln!("the Diff changed {changed} pages of the Full snapshot's memory");
+    assert!(changed > 0 && changed < 64, "{changed} pages changed");
+    for (snap, mem, from) in [
+        ("chain.snap", "chain.mem", later),
+        ("vm.snap", "vm.mem", last),
+    ] {
+        let mut vm = spawn(&[
+            "--restore",
+            dir.file(snap).to_str().unwrap(),
+            "--mem-file",
+            dir.file(mem).to_str().unwrap(),
+        ]);
+        let got = wait_count(&vm, from + 3, Duration::from_secs(30));
+        assert_eq!(got.first(), Some(&(from + 1)), "{snap}: {got:?}");
+        assert!(got.windows(2).all(|w| w[1] == w[0] + 1), "{got:?}");
+        let _ = vm.child.kill();
+    }
 }
 
 const UFFD_SERVER: &str = env!("CARGO_BIN_EXE_flint-uffd-server");
@@ -459,10 +533,13 @@ fn wait_tick(vm: &Running, n: u64, timeout: Duration) -> Vec<(u64, u64)> {
 
 /// The default Linux guest, its init running a shell loop that counts,
 /// prints its clock and writes each count to its disk with an fsync, is
-/// paused and snapshotted; flint is killed; a new flint restored from the
-/// files goes on with the next count, its clock caught up with the time
-/// the VM spent in the files, and its disk writes after the restore reach
-/// the image, beside what it wrote before.
+/// paused and snapshotted (Full), runs on and is snapshotted again (Diff,
+/// onto a copy of the Full one's memory); flint is killed; a new flint
+/// restored from the Full files goes on with the next count, its clock
+/// caught up with the time the VM spent in the files, and its disk writes
+/// after the restore reach the image, beside what it wrote before. The
+/// same again with its memory served over userfaultfd, and the Full+Diff
+/// chain goes on from the later pause.
 #[test]
 fn a_linux_guest_goes_on_counting_and_writing_its_disk_after_a_restore() {
     if LAB.ran("a_linux_guest_goes_on_counting_and_writing_its_disk_after_a_restore") {
@@ -481,7 +558,7 @@ fn a_linux_guest_goes_on_counting_and_writing_its_disk_after_a_restore() {
     c.ok(
         "PUT",
         "/machine-config",
-        &json!({ "vcpu_count": 1, "mem_size_mib": 128 }).to_string(),
+        &json!({ "vcpu_count": 1, "mem_size_mib": 128, "track_dirty_pages": true }).to_string(),
     );
     c.ok(
         "PUT",
@@ -504,6 +581,22 @@ fn a_linux_guest_goes_on_counting_and_writing_its_disk_after_a_restore() {
     .to_string();
     c.ok("PUT", "/snapshot/create", &body);
     eprintln!("snapshot of the Linux guest taken in {:?}", t0.elapsed());
+    // The guest goes on for a few ticks; then a Diff onto a copy of the
+    // Full snapshot's memory: the chain restores the later state.
+    std::fs::copy(dir.file("vm.mem"), dir.file("chain.mem")).unwrap();
+    c.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    wait_tick(&api.vm, last + 3, Duration::from_secs(120));
+    c.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    std::thread::sleep(Duration::from_millis(500));
+    let later = ticks(&api.vm.output()).last().unwrap().0;
+    let t0 = Instant::now();
+    let diff = json!({
+        "snapshot_type": "Diff",
+        "snapshot_path": dir.file("chain.snap"),
+        "mem_file_path": dir.file("chain.mem"),
+    });
+    c.ok("PUT", "/snapshot/create", &diff.to_string());
+    eprintln!("Diff snapshot taken in {:?}", t0.elapsed());
     drop(api);
     // Time the VM spends in the files: its clock should catch up with it.
     std::thread::sleep(Duration::from_secs(4));
@@ -583,4 +676,16 @@ fn a_linux_guest_goes_on_counting_and_writing_its_disk_after_a_restore() {
     let said = server.output();
     eprintln!("{said}");
     assert!(status.success(), "{said}");
+
+    // The Full + Diff chain: on from the tick before the second pause.
+    let mut vm = spawn(&[
+        "--restore",
+        dir.file("chain.snap").to_str().unwrap(),
+        "--mem-file",
+        dir.file("chain.mem").to_str().unwrap(),
+    ]);
+    let after = wait_tick(&vm, later + 3, Duration::from_secs(120));
+    assert_eq!(after.first().map(|t| t.0), Some(later + 1), "{after:?}");
+    let _ = vm.child.kill();
+    let _ = vm.child.wait();
 }

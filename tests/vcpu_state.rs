@@ -5,6 +5,7 @@
 //! kernel): a few instructions that count in rax and report each count on
 //! port 0x80.
 
+use devices::GuestMemoryMmap;
 use flint::boot::{cpuid, regs};
 use flint::snapshot::format;
 use flint::vstate::state::{self, VcpuState, VmState};
@@ -13,7 +14,7 @@ use flint::vstate::vm::Vm;
 use kvm_bindings::{kvm_msr_entry, Msrs};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use serde::{Deserialize, Serialize};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 const ENTRY: u64 = 0x10_0000;
 /// inc rax; out 0x80, al; jmp back to the inc.
@@ -59,7 +60,7 @@ fn msr(fd: &VcpuFd, index: u32) -> u64 {
 #[test]
 fn a_vcpu_taken_out_mid_run_goes_on_in_a_new_vm() {
     let mem = memory();
-    let vm = Vm::new(&mem).unwrap();
+    let vm = Vm::new(&mem, false).unwrap();
     let mut fd = vm.fd().create_vcpu(0).unwrap();
     let mut cpuid = vcpu::supported_cpuid(vm.kvm()).unwrap();
     cpuid::normalize(cpuid.as_mut_slice(), 0, 1, 1);
@@ -108,7 +109,7 @@ fn a_vcpu_taken_out_mid_run_goes_on_in_a_new_vm() {
 
     // A new VM with a copy of the memory (here: the same code) and the state.
     let mem2 = memory();
-    let vm2 = Vm::new(&mem2).unwrap();
+    let vm2 = Vm::new(&mem2, false).unwrap();
     state::restore_vm(vm2.fd(), &back.vm).unwrap();
     let mut fd2 = vm2.fd().create_vcpu(0).unwrap();
     state::restore_vcpu(&fd2, &back.vcpu).unwrap();

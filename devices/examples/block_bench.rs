@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::GuestMemoryMmap;
 use devices::virtio::block::{Block, BlockConfig, CacheType, EngineType, QUEUE_SIZE};
 use devices::virtio::{Interrupt, VirtioDevice};
 use event_manager::{EventManager, SubscriberOps};
@@ -26,7 +27,7 @@ use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRI
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress};
 
 /// Runs per case and side; the best one counts.
 const ROUNDS: usize = 5;

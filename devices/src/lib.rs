@@ -29,3 +29,9 @@ pub mod rate_limiter;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
+
+/// The guest's memory as flint maps it. Every write through it (a device
+/// filling a guest buffer, a used ring) marks its page in a dirty bitmap
+/// (one bit per 4 KiB page: 4 KiB of bitmap for 128 MiB of guest), which
+/// a Diff snapshot reads beside KVM's dirty log of the guest's own writes.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;

@@ -9,7 +9,8 @@
 
 use std::io::{self, Read, Seek, SeekFrom};
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
+use devices::GuestMemoryMmap;
 
 /// The name of the built-in virtio_mmio driver's device parameter.
 pub const VIRTIO_MMIO_PARAM: &[u8] = b"virtio_mmio.device";

@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 
 use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader};
-use vm_memory::{
-    Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, ReadVolatile,
-};
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, ReadVolatile};
+use devices::GuestMemoryMmap;
 
 use super::bzimage;
 use super::kernel_scan::{self, VirtioCmdline};

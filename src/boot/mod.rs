@@ -15,7 +15,8 @@ pub mod regs;
 
 use std::path::Path;
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
+use devices::GuestMemoryMmap;
 
 use crate::memory::{CMDLINE_MAX_SIZE, CMDLINE_START};
 

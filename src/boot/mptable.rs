@@ -1,7 +1,8 @@
 //! The Intel MultiProcessor table: how a guest without ACPI finds its CPUs,
 //! its IOAPIC and the routing of the ISA interrupts.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use devices::GuestMemoryMmap;
 
 use crate::memory::{EBDA_START, IOAPIC_ADDR, LAPIC_ADDR, MPTABLE_START};
 

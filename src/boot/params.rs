@@ -2,7 +2,8 @@
 //! setup_data chain that carries the guest's RNG seed.
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header, SETUP_RNG_SEED};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use devices::GuestMemoryMmap;
 
 use super::loader::LoadedInitrd;
 use crate::memory::{

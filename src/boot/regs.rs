@@ -2,7 +2,8 @@
 //! page tables, segment and control registers, general registers, FPU.
 
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use devices::GuestMemoryMmap;
 
 use crate::memory::{
     BOOT_STACK_POINTER, GDT_START, PDE_START, PDPTE_START, PML4_START, ZERO_PAGE_START,

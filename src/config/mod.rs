@@ -173,7 +173,8 @@ pub struct MachineConfig {
     pub mem_size_mib: Option<u64>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub smt: bool,
-    /// Accepted for Firecracker compatibility; flint keeps no dirty log.
+    /// KVM's dirty-page log and flint's own dirty bitmap kept, so that
+    /// `PUT /snapshot/create` can take Diff snapshots.
     #[serde(default, deserialize_with = "null_as_default")]
     pub track_dirty_pages: bool,
     /// Only "None" (or absent): flint has no CPU templates.
@@ -321,6 +322,9 @@ pub struct VmConfig {
     pub mem_mib: u64,
     /// Two threads per core in the guest's CPU topology.
     pub smt: bool,
+    /// KVM's dirty-page log on, for Diff snapshots.
+    #[serde(default)]
+    pub track_dirty_pages: bool,
     pub drives: Vec<DriveConfig>,
     pub nets: Vec<NetConfig>,
     pub vsock: Option<VsockConfig>,
@@ -408,6 +412,7 @@ pub fn resolve(file: FileConfig, flags: Overrides) -> Result<VmConfig, Error> {
         vcpus: vcpus as u8,
         mem_mib,
         smt: machine.smt,
+        track_dirty_pages: machine.track_dirty_pages,
         drives,
         nets,
         vsock,

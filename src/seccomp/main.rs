@@ -25,6 +25,8 @@ const IOCTLS: &[(u64, &str)] = &[
     (KVM_GET_IRQCHIP, "KVM_GET_IRQCHIP"),
     (KVM_GET_PIT2, "KVM_GET_PIT2"),
     (KVM_GET_CLOCK, "KVM_GET_CLOCK"),
+    // A Diff snapshot: the pages the guest wrote.
+    (KVM_GET_DIRTY_LOG, "KVM_GET_DIRTY_LOG"),
 ];
 
 const FCNTLS: &[(u64, &str)] = &[

@@ -182,6 +182,7 @@ pub(crate) mod values {
     pub const KVM_GET_IRQCHIP: u64 = iowr::<kvm_bindings::kvm_irqchip>(0x62);
     pub const KVM_GET_CLOCK: u64 = ior::<kvm_bindings::kvm_clock_data>(0x7c);
     pub const KVM_GET_PIT2: u64 = ior::<kvm_bindings::kvm_pit_state2>(0x9f);
+    pub const KVM_GET_DIRTY_LOG: u64 = iow::<kvm_bindings::kvm_dirty_log>(0x42);
     pub const KVM_IRQ_LINE: u64 = iow::<kvm_bindings::kvm_irq_level>(0x61);
     pub const KVM_IRQ_LINE_STATUS: u64 = iowr::<kvm_bindings::kvm_irq_level>(0x67);
     pub const KVM_IRQFD: u64 = iow::<kvm_bindings::kvm_irqfd>(0x76);

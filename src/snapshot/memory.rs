@@ -11,10 +11,12 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use devices::GuestMemoryMmap;
+use vm_memory::bitmap::{AtomicBitmap, Bitmap, NewBitmap};
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{
-    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    GuestRegionMmap, MemoryRegionAddress,
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap,
+    MemoryRegionAddress,
 };
 
 const PAGE: usize = 4096;
@@ -42,6 +44,11 @@ pub enum Error {
     Map { path: PathBuf, why: String },
     #[error("guest memory at {0:#x} has no host address")]
     HostAddress(u64),
+    #[error(
+        "a Diff snapshot writes the pages changed since the last snapshot into that \
+         snapshot's memory file: {path} has {len} bytes, the guest has {want}"
+    )]
+    DiffBase { path: PathBuf, len: u64, want: u64 },
 }
 
 /// Write every RAM range of `mem` to `path` (a temporary name beside it,
@@ -84,6 +91,76 @@ fn write_ranges(
     Ok(written)
 }
 
+/// Write the pages written since the last snapshot (the guest's, from
+/// KVM's dirty log `kvm_dirty`, one bitmap per region; and flint's own,
+/// from the memory's bitmap) into the memory file of that snapshot at
+/// `path`, which then holds this snapshot's memory; the bytes written.
+/// KVM's log is folded into the memory's bitmap first, and that is only
+/// cleared once the file is written and synced: a failed Diff loses
+/// nothing for the next one.
+pub fn save_dirty(mem: &GuestMemoryMmap, path: &Path, kvm_dirty: &[Vec<u64>]) -> Result<u64, Error> {
+    let err = |source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    for (region, log) in mem.iter().zip(kvm_dirty) {
+        for (w, &word) in log.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let page = w * 64 + bits.trailing_zeros() as usize;
+                region.bitmap().mark_dirty(page * PAGE, PAGE);
+                bits &= bits - 1;
+            }
+        }
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|source| Error::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let len = file.metadata().map_err(err)?.len();
+    let want: u64 = mem.iter().map(|r| r.len()).sum();
+    if len != want {
+        return Err(Error::DiffBase {
+            path: path.to_path_buf(),
+            len,
+            want,
+        });
+    }
+    let mut offset = 0u64;
+    let mut written = 0u64;
+    for region in mem.iter() {
+        let len = region.len() as usize;
+        let host = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|_| Error::HostAddress(region.start_addr().0))?;
+        // SAFETY: as in `write_ranges`: the live mapping of this region,
+        // only read, while the VM is paused.
+        let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, len) };
+        for (i, page) in bytes.chunks(PAGE).enumerate() {
+            if region.bitmap().dirty_at(i * PAGE) {
+                file.write_all_at(page, offset + (i * PAGE) as u64)
+                    .map_err(err)?;
+                written += page.len() as u64;
+            }
+        }
+        offset += len as u64;
+    }
+    file.sync_all().map_err(err)?;
+    clear_dirty(mem);
+    Ok(written)
+}
+
+/// Forget which pages flint wrote: a snapshot holds them now.
+pub fn clear_dirty(mem: &GuestMemoryMmap) {
+    for region in mem.iter() {
+        // The region's own bitmap (the trait's `bitmap` is a view of it).
+        std::ops::Deref::deref(region).bitmap().reset();
+    }
+}
+
 /// Map `path` privately as the guest RAM `ranges` (in file order); the
 /// file must be exactly as long as the ranges together.
 pub fn map(
@@ -119,7 +196,7 @@ pub fn map(
     let mut regions = Vec::with_capacity(ranges.len());
     let mut offset = 0u64;
     for &(addr, size) in ranges {
-        let mapping = MmapRegionBuilder::new(size)
+        let mapping = MmapRegionBuilder::new_with_bitmap(size, AtomicBitmap::with_len(size))
             .with_file_offset(FileOffset::from_arc(file.clone(), offset))
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
@@ -168,6 +245,59 @@ mod tests {
         let before = std::fs::read(&path).unwrap();
         back.write_slice(b"changed", GuestAddress(0x1234)).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), before);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_diff_writes_the_pages_kvm_or_flint_dirtied_onto_the_base_file() {
+        let d = dir("diff");
+        let ranges = [(GuestAddress(0), 64 * PAGE), (GuestAddress(1 << 20), 64 * PAGE)];
+        let mem = GuestMemoryMmap::from_ranges(&ranges).unwrap();
+        mem.write_slice(b"base", GuestAddress(0)).unwrap();
+        let path = d.join("mem");
+        save(&mem, &path).unwrap();
+        clear_dirty(&mem);
+        // flint writes page 3 of the first range through vm-memory...
+        mem.write_slice(b"device", GuestAddress(3 * PAGE as u64))
+            .unwrap();
+        // ...and "the guest" pages 5 (first range) and 2 (second): written
+        // here behind the bitmap's back, reported in KVM's log.
+        let raw = |addr: u64, data: &[u8]| {
+            let host = mem.get_host_address(GuestAddress(addr)).unwrap();
+            // SAFETY: `host` points into `mem`'s live mapping with room.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), host, data.len()) };
+        };
+        raw(5 * PAGE as u64, b"guest5");
+        raw((1 << 20) + 2 * PAGE as u64, b"guest2");
+        raw(7 * PAGE as u64, b"unlogged");
+        let kvm = vec![vec![1u64 << 5], vec![1u64 << 2]];
+        let written = save_dirty(&mem, &path, &kvm).unwrap();
+        assert_eq!(written, 3 * PAGE as u64);
+        let back = map(&path, &ranges, 1).unwrap();
+        let read = |addr: u64, n: usize| {
+            let mut b = vec![0u8; n];
+            back.read_slice(&mut b, GuestAddress(addr)).unwrap();
+            b
+        };
+        assert_eq!(read(0, 4), b"base");
+        assert_eq!(read(3 * PAGE as u64, 6), b"device");
+        assert_eq!(read(5 * PAGE as u64, 6), b"guest5");
+        assert_eq!(read((1 << 20) + 2 * PAGE as u64, 6), b"guest2");
+        // Neither log had page 7: it is not part of the Diff.
+        assert_eq!(read(7 * PAGE as u64, 8), vec![0u8; 8]);
+        // Written and synced: the next Diff starts clean.
+        let written = save_dirty(&mem, &path, &[vec![0], vec![0]]).unwrap();
+        assert_eq!(written, 0);
+        // A base file of another size is refused and left alone, and
+        // what was dirty stays dirty for the next attempt.
+        mem.write_slice(b"again", GuestAddress(9 * PAGE as u64))
+            .unwrap();
+        let short = d.join("short");
+        std::fs::write(&short, vec![1u8; PAGE]).unwrap();
+        let e = save_dirty(&mem, &short, &[vec![0], vec![0]]).unwrap_err();
+        assert!(e.to_string().contains("has 4096 bytes, the guest has 524288"), "{e}");
+        assert_eq!(std::fs::read(&short).unwrap(), vec![1u8; PAGE]);
+        assert_eq!(save_dirty(&mem, &path, &[vec![0], vec![0]]).unwrap(), PAGE as u64);
         std::fs::remove_dir_all(&d).unwrap();
     }
 

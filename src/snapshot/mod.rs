@@ -35,7 +35,10 @@ pub enum Error {
     VcpuCount { file: usize, config: u8 },
     #[error("network_overrides: the snapshot has no network interface {0:?}")]
     NoIface(String),
-    #[error("snapshot_type Diff is not supported yet: take a Full snapshot")]
+    #[error(
+        "snapshot_type Diff needs dirty-page tracking: set track_dirty_pages in PUT \
+         /machine-config (or in PUT /snapshot/load), then take a Full snapshot first"
+    )]
     Diff,
     #[error(transparent)]
     Uffd(#[from] uffd::Error),

@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use serde::{Deserialize, Serialize};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+use devices::GuestMemoryMmap;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,11 @@
 //! The KVM VM: memory slots, in-kernel irqchip and PIT, irqfd and ioeventfd.
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+use devices::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 /// A page below 4 GiB, outside RAM and the MMIO windows, for KVM's TSS on
@@ -39,6 +42,8 @@ pub enum Error {
     },
     #[error("cannot query KVM's supported CPUID: {0}")]
     Cpuid(kvm_ioctls::Error),
+    #[error("cannot read KVM's dirty-page log: {0}")]
+    DirtyLog(kvm_ioctls::Error),
 }
 
 /// The VM and the /dev/kvm handle it came from.
@@ -48,8 +53,9 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Open KVM, create the VM with its irqchip and PIT, and map `mem`.
-    pub fn new(mem: &GuestMemoryMmap) -> Result<Self, Error> {
+    /// Open KVM, create the VM with its irqchip and PIT, and map `mem`
+    /// (with KVM's dirty-page log on if `track_dirty`).
+    pub fn new(mem: &GuestMemoryMmap, track_dirty: bool) -> Result<Self, Error> {
         let kvm = Kvm::new().map_err(Error::OpenKvm)?;
         let api = kvm.get_api_version();
         if api != 12 {
@@ -74,11 +80,11 @@ impl Vm {
         };
         fd.create_pit2(pit).map_err(Error::Pit)?;
         let vm = Vm { kvm, fd };
-        vm.map_memory(mem)?;
+        vm.map_memory(mem, track_dirty)?;
         Ok(vm)
     }
 
-    fn map_memory(&self, mem: &GuestMemoryMmap) -> Result<(), Error> {
+    fn map_memory(&self, mem: &GuestMemoryMmap, track_dirty: bool) -> Result<(), Error> {
         for (slot, region) in mem.iter().enumerate() {
             let start = region.start_addr().0;
             let host = region
@@ -86,7 +92,11 @@ impl Vm {
                 .map_err(|_| Error::HostAddress(start))?;
             let r = kvm_userspace_memory_region {
                 slot: slot as u32,
-                flags: 0,
+                flags: if track_dirty {
+                    KVM_MEM_LOG_DIRTY_PAGES
+                } else {
+                    0
+                },
                 guest_phys_addr: start,
                 memory_size: region.len(),
                 userspace_addr: host as u64,
@@ -96,6 +106,20 @@ impl Vm {
             unsafe { self.fd.set_user_memory_region(r) }.map_err(Error::Memory)?;
         }
         Ok(())
+    }
+
+    /// KVM's dirty-page log of each of `mem`'s regions (one bit per 4 KiB
+    /// page, the guest's own writes since the last call), which the call
+    /// clears. The memory must have been mapped with `track_dirty`.
+    pub fn dirty_logs(&self, mem: &GuestMemoryMmap) -> Result<Vec<Vec<u64>>, Error> {
+        mem.iter()
+            .enumerate()
+            .map(|(slot, region)| {
+                self.fd
+                    .get_dirty_log(slot as u32, region.len() as usize)
+                    .map_err(Error::DirtyLog)
+            })
+            .collect()
     }
 
     /// The most vCPUs this KVM allows in one VM.

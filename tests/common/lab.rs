@@ -146,10 +146,24 @@ impl Lab {
             );
             log.push_str(&said);
             if !retry.is_empty() && !last {
+                // What each test to run again printed (its panic says
+                // how the lab failed), indented so that its lines are not
+                // taken for this run's verdicts.
+                let shown: String = retry
+                    .iter()
+                    .filter_map(|t| results.get(*t).map(|o| (t, o)))
+                    .map(|(t, o)| {
+                        let lines: String = tail(&o.output, 4000)
+                            .lines()
+                            .map(|l| format!("  | {l}\n"))
+                            .collect();
+                        format!("{t} printed:\n{lines}")
+                    })
+                    .collect();
                 let _ = writeln!(
                     std::io::stderr(),
                     "{}: the lab's nested SVM failed by itself under {} on lab run {run} of at most \
-                     {LAB_ATTEMPTS}; running {} again. {said}",
+                     {LAB_ATTEMPTS}; running {} again. {said}{shown}",
                     file_name(),
                     retry.join(", "),
                     if retry.len() == 1 { "it" } else { "them" },

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use crate::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueState, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use super::{check_queues, notify_used, ActivateError, Interrupt};
 

@@ -14,9 +14,10 @@
 use std::io;
 use std::sync::{Arc, Mutex};
 
+use crate::GuestMemoryMmap;
 use log::error;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{

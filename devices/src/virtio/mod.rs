@@ -30,8 +30,8 @@ pub(crate) mod testing;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
+use crate::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueState};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use common::VirtioCommon;

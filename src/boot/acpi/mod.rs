@@ -19,7 +19,8 @@ mod iasl_tests;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use devices::GuestMemoryMmap;
 
 pub use crate::memory::ACPI_START;
 use crate::memory::MPTABLE_START;

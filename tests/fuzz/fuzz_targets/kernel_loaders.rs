@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use flint::boot::{bzimage, kernel_scan, loader};
 use libfuzzer_sys::fuzz_target;
-use vm_memory::GuestMemoryMmap;
+use devices::GuestMemoryMmap;
 
 const MEM_SIZE: usize = 8 << 20;
 

@@ -9,7 +9,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use devices::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 /// Queue `i` of a device: descriptor table at `i * QUEUE_SPACING`, the
 /// available ring 4 KiB above it, the used ring 4 KiB above that (room for

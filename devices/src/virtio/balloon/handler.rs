@@ -2,8 +2,9 @@
 //! and returned at once; the statistics buffer is parsed and held until the
 //! next poll.
 
+use crate::GuestMemoryMmap;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::Bytes;
 
 use super::device::Balloon;
 use super::inflate;

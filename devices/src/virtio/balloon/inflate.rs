@@ -4,10 +4,9 @@
 //! maps) they read as zeros when the guest touches them again. Deflated
 //! pages need nothing from the host: they fault back in lazily.
 
+use crate::GuestMemoryMmap;
 use virtio_queue::DescriptorChain;
-use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::{BalloonCounters, PAGE_SHIFT, PAGE_SIZE};
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use vm_memory::GuestMemoryMmap;
+use crate::GuestMemoryMmap;
 
 use super::stats::{AVAIL, ENTRY_SIZE, MEMFREE, MEMTOT, SWAP_IN};
 use super::*;

@@ -7,6 +7,7 @@ use std::mem::offset_of;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::GuestMemoryMmap;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{debug, error};
 use virtio_bindings::bindings::virtio_blk::{
@@ -14,7 +15,6 @@ use virtio_bindings::bindings::virtio_blk::{
 };
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueState};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::engine::{Completion, Engine};

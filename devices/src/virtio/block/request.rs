@@ -7,13 +7,15 @@
 //! "broken" and goes back with used length 0; any other problem is answered
 //! with VIRTIO_BLK_S_IOERR or VIRTIO_BLK_S_UNSUPP.
 
+use crate::GuestMemoryMmap;
 use virtio_bindings::bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+use vm_memory::bitmap::{Bitmap, MS};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
 
 use super::{CacheType, ID_BYTES, SECTOR_SIZE};
 
@@ -320,9 +322,16 @@ fn data_io(
         // vm-memory checks the range against guest memory before handing
         // out a pointer. A buffer inside one region (the usual case) is one
         // lookup; one that spans regions becomes one iovec per piece.
-        let iovec = |slice: VolatileSlice<'_, ()>| libc::iovec {
-            iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-            iov_len: slice.len(),
+        // A read fills the guest's buffer behind vm-memory's back (preadv,
+        // io_uring): its pages are marked dirty here, for Diff snapshots.
+        let iovec = |slice: VolatileSlice<'_, MS<'_, GuestMemoryMmap>>| {
+            if is_read {
+                slice.bitmap().mark_dirty(0, slice.len());
+            }
+            libc::iovec {
+                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                iov_len: slice.len(),
+            }
         };
         if let Ok(slice) = mem.get_slice(d.addr(), d.len() as usize) {
             vecs.push(iovec(slice));

@@ -178,7 +178,7 @@ impl MmioTransport {
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use vm_memory::GuestMemoryMmap;
+    use crate::GuestMemoryMmap;
 
     use super::*;
     use crate::virtio::rng::{Rng, RngConfig, QUEUE_SIZE};

@@ -10,8 +10,9 @@
 use std::collections::VecDeque;
 use std::io;
 
+use crate::GuestMemoryMmap;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::tap::NetBackend;
 use super::{log_rate_limited, NetCounters, MAX_BUFFER_LEN, VNET_HDR_LEN};

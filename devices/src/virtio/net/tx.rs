@@ -2,8 +2,9 @@
 
 use std::io;
 
+use crate::GuestMemoryMmap;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::Bytes;
 
 use super::tap::NetBackend;
 use super::{log_rate_limited, NetCounters, MAX_BUFFER_LEN, VNET_HDR_LEN};

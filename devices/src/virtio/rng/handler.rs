@@ -4,8 +4,9 @@
 
 use std::io;
 
+use crate::GuestMemoryMmap;
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::device::Rng;
 use super::MAX_REQUEST_BYTES;

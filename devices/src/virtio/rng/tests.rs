@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vm_memory::GuestMemoryMmap;
+use crate::GuestMemoryMmap;
 
 use super::*;
 use crate::rate_limiter::TokenBucketConfig;

@@ -2,8 +2,9 @@
 //! header + payload, and writing header + payload into an RX chain. Header
 //! and payload may be cut across descriptors anywhere.
 
+use crate::GuestMemoryMmap;
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::{HDR_LEN, MAX_PKT_LEN, TYPE_STREAM};
 

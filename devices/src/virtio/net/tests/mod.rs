@@ -12,8 +12,8 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::GuestMemoryMmap;
 use virtio_bindings::virtio_net::*;
-use vm_memory::GuestMemoryMmap;
 
 use super::*;
 use crate::virtio::testing::{guest_mem, Driver, Loop};

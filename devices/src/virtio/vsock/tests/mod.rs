@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use vm_memory::GuestMemoryMmap;
+use crate::GuestMemoryMmap;
 
 use super::packet::Header;
 use super::*;
