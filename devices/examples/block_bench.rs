@@ -17,9 +17,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::GuestMemoryMmap;
 use devices::virtio::block::{Block, BlockConfig, CacheType, EngineType, QUEUE_SIZE};
 use devices::virtio::{Interrupt, VirtioDevice};
+use devices::GuestMemoryMmap;
 use event_manager::{EventManager, SubscriberOps};
 use io_uring::{opcode, types, IoUring};
 use virtio_bindings::bindings::virtio_blk::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
