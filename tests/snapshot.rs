@@ -80,6 +80,16 @@ fn last_count(vm: &Running) -> u64 {
     *counts(&vm.output()).last().expect("a count")
 }
 
+/// A `PUT /snapshot/create` body: `kind` Full or Diff, files in `dir`.
+fn create_body(dir: &Dir, kind: &str, snap: &str, mem: &str) -> String {
+    json!({
+        "snapshot_type": kind,
+        "snapshot_path": dir.file(snap),
+        "mem_file_path": dir.file(mem),
+    })
+    .to_string()
+}
+
 /// Boot the counter over the API, let it count to 5, pause it and write a
 /// snapshot into `dir`; returns the last count before the pause and the
 /// running (paused) VM.
@@ -106,24 +116,15 @@ fn snapshot_of_a_counter_tracked(dir: &Dir, track: bool) -> (u64, ApiVm) {
     c.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
     wait_count(&api.vm, 5, Duration::from_secs(60));
     // A running VM is not snapshotted.
-    let body = json!({
-        "snapshot_type": "Full",
-        "snapshot_path": dir.file("vm.snap"),
-        "mem_file_path": dir.file("vm.mem"),
-    })
-    .to_string();
+    let body = create_body(dir, "Full", "vm.snap", "vm.mem");
     let r = c.put("/snapshot/create", &body);
     assert_eq!(r.status, 400, "{r:?}");
     assert!(r.fault().contains("must be paused"), "{}", r.fault());
     c.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
     let last = last_count(&api.vm);
     if !track {
-        let diff = json!({
-            "snapshot_type": "Diff",
-            "snapshot_path": dir.file("vm.snap"),
-            "mem_file_path": dir.file("vm.mem"),
-        });
-        let r = c.put("/snapshot/create", &diff.to_string());
+        let diff = create_body(dir, "Diff", "vm.snap", "vm.mem");
+        let r = c.put("/snapshot/create", &diff);
         assert_eq!(r.status, 400, "{r:?}");
         assert!(r.fault().contains("track_dirty_pages"), "{}", r.fault());
     }
@@ -241,20 +242,17 @@ fn a_diff_onto_the_full_snapshots_memory_restores_the_later_state() {
     wait_count(&api.vm, last + 4, Duration::from_secs(30));
     c.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
     let later = last_count(&api.vm);
-    let body = json!({
-        "snapshot_type": "Diff",
-        "snapshot_path": dir.file("chain.snap"),
-        "mem_file_path": dir.file("chain.mem"),
-    });
-    c.ok("PUT", "/snapshot/create", &body.to_string());
+    c.ok(
+        "PUT",
+        "/snapshot/create",
+        &create_body(&dir, "Diff", "chain.snap", "chain.mem"),
+    );
     // The base of a Diff must be the guest's size: a short file is refused.
     std::fs::write(dir.file("short.mem"), vec![0u8; 4096]).unwrap();
-    let short = json!({
-        "snapshot_type": "Diff",
-        "snapshot_path": dir.file("short.snap"),
-        "mem_file_path": dir.file("short.mem"),
-    });
-    let r = c.put("/snapshot/create", &short.to_string());
+    let r = c.put(
+        "/snapshot/create",
+        &create_body(&dir, "Diff", "short.snap", "short.mem"),
+    );
     assert_eq!(r.status, 400, "{r:?}");
     assert!(r.fault().contains("has 4096 bytes"), "{}", r.fault());
     drop(api);
@@ -590,12 +588,11 @@ fn a_linux_guest_goes_on_counting_and_writing_its_disk_after_a_restore() {
     std::thread::sleep(Duration::from_millis(500));
     let later = ticks(&api.vm.output()).last().unwrap().0;
     let t0 = Instant::now();
-    let diff = json!({
-        "snapshot_type": "Diff",
-        "snapshot_path": dir.file("chain.snap"),
-        "mem_file_path": dir.file("chain.mem"),
-    });
-    c.ok("PUT", "/snapshot/create", &diff.to_string());
+    c.ok(
+        "PUT",
+        "/snapshot/create",
+        &create_body(&dir, "Diff", "chain.snap", "chain.mem"),
+    );
     eprintln!("Diff snapshot taken in {:?}", t0.elapsed());
     drop(api);
     // Time the VM spends in the files: its clock should catch up with it.

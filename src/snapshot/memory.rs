@@ -66,6 +66,22 @@ fn write_ranges(
     file: &mut File,
     err: &impl Fn(std::io::Error) -> Error,
 ) -> Result<u64, Error> {
+    // Pages of zeros stay holes.
+    let written = write_pages(mem, file, err, |_, _, page| page.iter().any(|&b| b != 0))?;
+    let len: u64 = mem.iter().map(|r| r.len()).sum();
+    file.set_len(len).map_err(err)?;
+    Ok(written)
+}
+
+/// Write each page of `mem` that `keep` (given its region, its index in
+/// the region and its bytes) picks at its place in the memory file: the
+/// RAM ranges one after the other. The bytes written.
+fn write_pages(
+    mem: &GuestMemoryMmap,
+    file: &File,
+    err: &impl Fn(std::io::Error) -> Error,
+    keep: impl Fn(&GuestRegionMmap<AtomicBitmap>, usize, &[u8]) -> bool,
+) -> Result<u64, Error> {
     let mut offset = 0u64;
     let mut written = 0u64;
     for region in mem.iter() {
@@ -78,16 +94,14 @@ fn write_ranges(
         // paused, so nothing writes it meanwhile (the bytes are only read).
         let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, len) };
         for (i, page) in bytes.chunks(PAGE).enumerate() {
-            if page.iter().all(|&b| b == 0) {
-                continue;
+            if keep(region, i, page) {
+                file.write_all_at(page, offset + (i * PAGE) as u64)
+                    .map_err(err)?;
+                written += page.len() as u64;
             }
-            file.write_all_at(page, offset + (i * PAGE) as u64)
-                .map_err(err)?;
-            written += page.len() as u64;
         }
         offset += len as u64;
     }
-    file.set_len(offset).map_err(err)?;
     Ok(written)
 }
 
@@ -129,25 +143,9 @@ pub fn save_dirty(mem: &GuestMemoryMmap, path: &Path, kvm_dirty: &[Vec<u64>]) ->
             want,
         });
     }
-    let mut offset = 0u64;
-    let mut written = 0u64;
-    for region in mem.iter() {
-        let len = region.len() as usize;
-        let host = region
-            .get_host_address(MemoryRegionAddress(0))
-            .map_err(|_| Error::HostAddress(region.start_addr().0))?;
-        // SAFETY: as in `write_ranges`: the live mapping of this region,
-        // only read, while the VM is paused.
-        let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, len) };
-        for (i, page) in bytes.chunks(PAGE).enumerate() {
-            if region.bitmap().dirty_at(i * PAGE) {
-                file.write_all_at(page, offset + (i * PAGE) as u64)
-                    .map_err(err)?;
-                written += page.len() as u64;
-            }
-        }
-        offset += len as u64;
-    }
+    let written = write_pages(mem, &file, &err, |region, i, _| {
+        region.bitmap().dirty_at(i * PAGE)
+    })?;
     file.sync_all().map_err(err)?;
     clear_dirty(mem);
     Ok(written)
