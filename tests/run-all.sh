@@ -68,7 +68,8 @@ status=0
 # multi-user in two runs of two. --no-fail-fast: every test binary
 # runs, so one failure hides no other.
 # Each test's time (from the end of the one before it) goes to
-# $test_times; the slowest are listed at the end.
+# $test_times; the slowest are listed at the end. A file's lab run
+# (tests/common/lab.rs) counts in the time of its first lab test.
 test_times=$(mktemp /tmp/flint-test-times.XXXXXX)
 trap 'rm -f "$FLINT_LAB_TIMES" "$test_times"' EXIT
 cargo test --workspace --no-fail-fast -- --test-threads=1 2>&1 | timed_tests "$test_times" ||
