@@ -522,7 +522,8 @@ fn wait_tick(vm: &Running, n: u64, timeout: Duration) -> Vec<(u64, u64)> {
         }
         assert!(
             Instant::now() < end,
-            "no tick {n} within {timeout:?}; output:\n{}",
+            "no tick {n} within {timeout:?}{}; output:\n{}",
+            vm.froze(),
             vm.output()
         );
         std::thread::sleep(Duration::from_millis(50));

@@ -310,8 +310,10 @@ impl Running {
     /// In the lab, with no output for [`STALL`]: a sentence saying so
     /// ([`GUEST_FROZE`]) with what flint's threads were doing, sampled one
     /// second apart (state, kernel wait channel, CPU and guest time in
-    /// clock ticks), for the record. Empty otherwise.
-    fn froze(&self) -> String {
+    /// clock ticks), for the record. Empty otherwise. A test's own wait
+    /// puts it in its panic message, so that the lab runner
+    /// (`common::lab`) gives the test another lab run.
+    pub fn froze(&self) -> String {
         let quiet = self.last_output.lock().unwrap().elapsed();
         if !in_lab() || quiet < STALL {
             return String::new();
