@@ -7,14 +7,17 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::Shutdown;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::api::{socket_path, ApiVm};
 use common::lab::Lab;
-use common::{artifact, boot_deadline, cmdline, guest_hash, pattern, sha256, spawn_guest, Running};
+use common::{
+    artifact, boot_deadline, cmdline, guest_hash, pattern, sha256, spawn_guest, vsock_connect,
+    Running,
+};
 use serde_json::json;
 
 /// The tests that run in the lab VM on a kvm_pvm host (`common::lab`),
@@ -28,23 +31,6 @@ static LAB: Lab = Lab::new(
     ],
     1500,
 );
-
-/// Connect to the vsock device's socket and ask for guest port `port`;
-/// returns the stream and the device's answer line (`OK <port>` when a
-/// guest listener took the connection, empty when the stream closed).
-fn vsock_connect(uds: &Path, port: u32) -> (UnixStream, String) {
-    let mut s =
-        UnixStream::connect(uds).unwrap_or_else(|e| panic!("connect to {}: {e}", uds.display()));
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    s.write_all(format!("CONNECT {port}\n").as_bytes())
-        .expect("send CONNECT");
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while s.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
-        line.push(b[0]);
-    }
-    (s, String::from_utf8_lossy(&line).into_owned())
-}
 
 /// Wait for the guest's `n`-th "cmd exit" line and return its status.
 fn cmd_exit(vm: &mut Running, n: usize) -> String {

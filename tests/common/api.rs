@@ -17,7 +17,7 @@ use serde_json::json;
 /// Where API sockets go: `FLINT_TEST_SOCKET_DIR`, else /run (a tmpfs on
 /// the host and in the lab VM, where the 9p share cannot hold sockets),
 /// else the temporary directory.
-fn socket_dir() -> PathBuf {
+pub fn socket_dir() -> PathBuf {
     if let Ok(d) = std::env::var("FLINT_TEST_SOCKET_DIR") {
         return PathBuf::from(d);
     }
@@ -184,9 +184,16 @@ impl ApiVm {
     /// As [`ApiVm::start`], with flint's working directory `cwd` (where
     /// relative paths in requests land).
     pub fn start_in(tag: &str, cwd: &Path, args: &[&str]) -> ApiVm {
-        let sock = socket_path(tag);
         let mut cmd = std::process::Command::new(super::FLINT);
-        cmd.arg("--api-sock").arg(&sock).args(args).current_dir(cwd);
+        cmd.args(args).current_dir(cwd);
+        ApiVm::start_command(tag, cmd)
+    }
+
+    /// As [`ApiVm::start`], flint being run by `cmd` (which may wrap it:
+    /// `ip netns exec`), `--api-sock` added to its arguments.
+    pub fn start_command(tag: &str, mut cmd: std::process::Command) -> ApiVm {
+        let sock = socket_path(tag);
+        cmd.arg("--api-sock").arg(&sock);
         let vm = super::spawn_command(cmd);
         let mut api = ApiVm { vm, sock };
         api.wait_ready(Duration::from_secs(10));

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver};
@@ -456,6 +456,23 @@ pub fn stop_with_sigterm(vm: &mut Running, timeout: Duration) -> String {
     assert_eq!(status.code(), Some(0), "{out}");
     out
 }
+/// Connect to the vsock device's socket and ask for guest port `port`;
+/// returns the stream and the device's answer line (`OK <port>` when a
+/// guest listener took the connection, empty when the stream closed).
+pub fn vsock_connect(uds: &Path, port: u32) -> (std::os::unix::net::UnixStream, String) {
+    let mut s = std::os::unix::net::UnixStream::connect(uds)
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", uds.display()));
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(format!("CONNECT {port}\n").as_bytes())
+        .expect("send CONNECT");
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while s.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    (s, String::from_utf8_lossy(&line).into_owned())
+}
+
 pub mod api;
 pub mod lab;
 pub mod netns;
