@@ -5,8 +5,9 @@
 //! `--restore` or by `PUT /snapshot/load` (paused, then resumed). Bad
 //! snapshots are refused with a message naming what is wrong, the files
 //! are left as they were, and the same flint then loads a good one. And a
-//! Linux guest whose user space counts and writes its disk (in the lab on
-//! a kvm_pvm host) goes on after a snapshot, a kill and a restore.
+//! Linux guest whose user space counts, writes its disk and holds TCP and
+//! vsock connections (in the lab on a kvm_pvm host) goes on after a
+//! snapshot, a kill and a restore, and two clones of it run at once.
 
 mod common;
 
