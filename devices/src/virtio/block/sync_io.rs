@@ -1,4 +1,5 @@
-//! The synchronous engine: preadv/pwritev straight between the image file and
+//! The synchronous engine: pread/pwrite (preadv/pwritev for several
+//! buffers) straight between the image file and
 //! guest memory on the event loop thread, fdatasync for FLUSH.
 
 use std::fs::File;
@@ -44,15 +45,21 @@ pub(crate) fn transfer(
         let count = v.len().min(MAX_IOVECS) as libc::c_int;
         let off = libc::off_t::try_from(offset)
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let n = if write {
-            // SAFETY: the iovecs describe guest memory checked by vm-memory
+        let fd = file.as_raw_fd();
+        // One buffer (most requests): pread/pwrite, which skip copying
+        // and checking an iovec array in the kernel.
+        let n = match (v, write) {
+            // SAFETY: the iovec describes guest memory checked by vm-memory
             // when the request was parsed, mapped while the device holds
-            // the guest memory; the kernel only reads from them.
-            unsafe { libc::pwritev(file.as_raw_fd(), v.as_ptr(), count, off) }
-        } else {
+            // the guest memory; the kernel only reads from it.
+            ([one], true) => unsafe { libc::pwrite(fd, one.iov_base, one.iov_len, off) },
             // SAFETY: as above; the kernel writes into guest memory, which
             // the guest handed to the device for exactly this purpose.
-            unsafe { libc::preadv(file.as_raw_fd(), v.as_ptr(), count, off) }
+            ([one], false) => unsafe { libc::pread(fd, one.iov_base, one.iov_len, off) },
+            // SAFETY: as for pwrite, for each of the iovecs.
+            (_, true) => unsafe { libc::pwritev(fd, v.as_ptr(), count, off) },
+            // SAFETY: as for pread, for each of the iovecs.
+            (_, false) => unsafe { libc::preadv(fd, v.as_ptr(), count, off) },
         };
         match n {
             n if n < 0 => {
