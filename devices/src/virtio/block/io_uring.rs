@@ -99,19 +99,25 @@ impl UringEngine {
 
     fn sqe(&self, op: &IoOp, slot: usize) -> squeue::Entry {
         let fd = types::Fd(self.file.as_raw_fd());
+        // One buffer (most requests): READ/WRITE, which spare the kernel
+        // importing an iovec array.
         let entry = match op {
-            IoOp::Read { offset, iovecs } => {
-                let v = iovecs.as_slice();
-                opcode::Readv::new(fd, v.as_ptr(), v.len() as u32)
+            IoOp::Read { offset, iovecs } => match iovecs.as_slice() {
+                [one] => opcode::Read::new(fd, one.iov_base.cast(), one.iov_len as u32)
                     .offset(*offset)
-                    .build()
-            }
-            IoOp::Write { offset, iovecs } => {
-                let v = iovecs.as_slice();
-                opcode::Writev::new(fd, v.as_ptr(), v.len() as u32)
+                    .build(),
+                v => opcode::Readv::new(fd, v.as_ptr(), v.len() as u32)
                     .offset(*offset)
-                    .build()
-            }
+                    .build(),
+            },
+            IoOp::Write { offset, iovecs } => match iovecs.as_slice() {
+                [one] => opcode::Write::new(fd, one.iov_base.cast(), one.iov_len as u32)
+                    .offset(*offset)
+                    .build(),
+                v => opcode::Writev::new(fd, v.as_ptr(), v.len() as u32)
+                    .offset(*offset)
+                    .build(),
+            },
             IoOp::Flush => opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
