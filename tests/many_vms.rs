@@ -3,7 +3,8 @@
 //! instructions: it reads its disk's sector 0, writes it to sector 1 and
 //! resets (flint exits 0). The host gave every disk a sector 0 of its own;
 //! afterwards each disk must hold its own sector 0 in sector 1 and be
-//! otherwise untouched: no VM's I/O reached another's disk. (tests/hostile.rs
+//! otherwise untouched: no VM's I/O reached another's disk. Half of them
+//! serve their disk with the sync engine, half with io_uring. (tests/hostile.rs
 //! runs Linux VMs side by side with guest user space, in the lab.)
 
 mod common;
@@ -50,14 +51,17 @@ fn twenty_vms_at_once_each_copy_a_sector_of_only_their_own_disk() {
     let mut vms: Vec<_> = images
         .0
         .iter()
-        .map(|img| {
+        .enumerate()
+        .map(|(i, img)| {
+            // Every other VM's disk on the io_uring engine.
+            let engine = if i % 2 == 0 { "sync" } else { "async" };
             spawn(&[
                 "--kernel",
                 guest.to_str().unwrap(),
                 "--memory",
                 "32",
                 "--drive",
-                &format!("path={}", img.display()),
+                &format!("path={},engine={engine}", img.display()),
             ])
         })
         .collect();
