@@ -34,6 +34,8 @@
 #define AF_VSOCK 40
 #endif
 #define VMADDR_CID_ANY 0xffffffffU
+/* SO_VM_SOCKETS_CONNECT_TIMEOUT with a struct timeval of 64-bit time_t. */
+#define SO_VM_SOCKETS_CONNECT_TIMEOUT_NEW 8
 struct sockaddr_vm {
 	sa_family_t svm_family;
 	unsigned short svm_reserved1;
@@ -164,6 +166,14 @@ static int do_connect(unsigned cid, unsigned port)
 	addr.svm_family = AF_VSOCK;
 	addr.svm_cid = cid;
 	addr.svm_port = port;
+	/* The kernel gives up on a vsock connect after 2 s by default; a
+	 * host busy enough (the lab's emulation under load) answers later. */
+	{
+		long long tv[2] = { 60, 0 };
+		if (setsockopt(s, AF_VSOCK, SO_VM_SOCKETS_CONNECT_TIMEOUT_NEW, tv, sizeof tv) < 0)
+			fprintf(stderr, "vsock-test: cannot lengthen the connect timeout: %s\n",
+				strerror(errno));
+	}
 	if (connect(s, (struct sockaddr *)&addr, sizeof addr) < 0)
 		return fail("connect");
 	/* Until both directions are done: stdin's end shuts down the sending
