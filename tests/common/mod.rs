@@ -456,9 +456,11 @@ pub fn stop_with_sigterm(vm: &mut Running, timeout: Duration) -> String {
     assert_eq!(status.code(), Some(0), "{out}");
     out
 }
+
 /// Connect to the vsock device's socket and ask for guest port `port`;
-/// returns the stream and the device's answer line (`OK <port>` when a
-/// guest listener took the connection, empty when the stream closed).
+/// returns the stream and the device's answer line (`OK <host port>`, as
+/// Firecracker answers, when a guest listener took the connection; empty
+/// when the stream closed).
 pub fn vsock_connect(uds: &Path, port: u32) -> (std::os::unix::net::UnixStream, String) {
     let mut s = std::os::unix::net::UnixStream::connect(uds)
         .unwrap_or_else(|e| panic!("connect to {}: {e}", uds.display()));

@@ -1,6 +1,6 @@
 //! The synchronous engine: pread/pwrite (preadv/pwritev for several
-//! buffers) straight between the image file and
-//! guest memory on the event loop thread, fdatasync for FLUSH.
+//! buffers) straight between the image file and guest memory on the event
+//! loop thread, fdatasync for FLUSH.
 
 use std::fs::File;
 use std::io;
