@@ -17,6 +17,7 @@ pub mod active;
 pub mod balloon;
 pub mod block;
 pub mod common;
+pub mod iovec;
 pub mod mmio;
 pub mod net;
 pub mod rng;

@@ -41,11 +41,11 @@ impl NetBackend for FakeBackend {
         buf[..n].copy_from_slice(&frame[..n]);
         Ok(n)
     }
-    fn write_frame(&mut self, buf: &[u8]) -> io::Result<usize> {
+    unsafe fn write_iovecs(&mut self, iov: &[libc::iovec]) -> io::Result<usize> {
         if self.fail_writes {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        Ok(buf.len())
+        Ok(iov.iter().map(|v| v.iov_len).sum())
     }
     fn set_offload(&mut self, _flags: u32) -> io::Result<()> {
         Ok(())

@@ -14,8 +14,7 @@ use virtio_bindings::bindings::virtio_blk::{
 };
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
-use vm_memory::bitmap::{Bitmap, MS};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::{CacheType, ID_BYTES, SECTOR_SIZE};
 
@@ -23,8 +22,7 @@ pub(crate) const STATUS_OK: u8 = VIRTIO_BLK_S_OK as u8;
 pub(crate) const STATUS_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
 pub(crate) const STATUS_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 
-/// Linux refuses preadv/pwritev with more segments than this (UIO_MAXIOV).
-pub(crate) const MAX_IOVECS: usize = 1024;
+pub(crate) use crate::virtio::iovec::{IoVecs, MAX_IOVECS};
 const HEADER_LEN: u32 = 16;
 
 /// Why a request was refused.
@@ -82,48 +80,6 @@ pub(crate) enum Kind {
     Flush,
     GetId,
     Other,
-}
-
-/// Guest buffers as host iovecs, for preadv/pwritev or io_uring. `start`
-/// moves forward as a short transfer is resumed.
-#[derive(Debug, Default)]
-pub(crate) struct IoVecs {
-    vecs: Vec<libc::iovec>,
-    start: usize,
-}
-
-// SAFETY: the pointers address guest memory, which is mapped for as long as
-// the device holds its `GuestMemoryMmap` (in-flight I/O is drained before that
-// is dropped) and is shared with vCPU threads anyway; an `IoVecs` is only used
-// by whichever thread owns the device at the time.
-unsafe impl Send for IoVecs {}
-
-impl IoVecs {
-    pub fn as_slice(&self) -> &[libc::iovec] {
-        self.vecs.get(self.start..).unwrap_or_default()
-    }
-
-    /// Bytes still to transfer.
-    pub fn remaining(&self) -> usize {
-        self.as_slice().iter().map(|v| v.iov_len).sum()
-    }
-
-    /// Skip `n` bytes that were transferred.
-    pub fn advance(&mut self, mut n: usize) {
-        while n > 0 {
-            let Some(v) = self.vecs.get_mut(self.start) else {
-                return;
-            };
-            if n < v.iov_len {
-                // Stays inside the guest buffer this iovec was built from.
-                v.iov_base = v.iov_base.wrapping_byte_add(n);
-                v.iov_len -= n;
-                return;
-            }
-            n -= v.iov_len;
-            self.start += 1;
-        }
-    }
 }
 
 /// The host I/O a request needs.
@@ -313,38 +269,20 @@ fn data_io(
         _ => return Err(out_of_range),
     }
 
-    let mut vecs = Vec::with_capacity(data.len());
-    for d in data.iter().filter(|d| d.len() > 0) {
-        let outside = || RequestError::DataOutsideMemory {
-            addr: d.addr().0,
-            len: d.len(),
-        };
-        // vm-memory checks the range against guest memory before handing
-        // out a pointer. A buffer inside one region (the usual case) is one
-        // lookup; one that spans regions becomes one iovec per piece.
+    let mut vecs = IoVecs::with_capacity(data.len());
+    for d in data {
         // A read fills the guest's buffer behind vm-memory's back (preadv,
-        // io_uring): its pages are marked dirty here, for Diff snapshots.
-        let iovec = |slice: VolatileSlice<'_, MS<'_, GuestMemoryMmap>>| {
-            if is_read {
-                slice.bitmap().mark_dirty(0, slice.len());
-            }
-            libc::iovec {
-                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                iov_len: slice.len(),
-            }
-        };
-        if let Ok(slice) = mem.get_slice(d.addr(), d.len() as usize) {
-            vecs.push(iovec(slice));
-        } else {
-            for slice in GuestMemoryBackend::get_slices(mem, d.addr(), d.len() as usize) {
-                vecs.push(iovec(slice.map_err(|_| outside())?));
-            }
-        }
+        // io_uring): push_guest marks its pages dirty, for Diff snapshots.
+        vecs.push_guest(mem, d.addr(), d.len() as usize, is_read)
+            .map_err(|_| RequestError::DataOutsideMemory {
+                addr: d.addr().0,
+                len: d.len(),
+            })?;
         if vecs.len() > MAX_IOVECS {
             return Err(RequestError::TooManySegments);
         }
     }
-    Ok((offset, IoVecs { vecs, start: 0 }, len))
+    Ok((offset, vecs, len))
 }
 
 /// GET_ID: copy the (zero-padded) id into the writable data buffers, at most
@@ -375,32 +313,4 @@ fn write_id(
     }
     // At most ID_BYTES.
     Ok(written as u32)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn iovecs_advance_stops_at_the_end() {
-        let mut buf = [0u8; 16];
-        let base: *mut libc::c_void = buf.as_mut_ptr().cast();
-        let iov = |at: usize| libc::iovec {
-            iov_base: base.wrapping_byte_add(at),
-            iov_len: 8,
-        };
-        let mut v = IoVecs {
-            vecs: vec![iov(0), iov(8)],
-            start: 0,
-        };
-        v.advance(3);
-        assert_eq!(v.remaining(), 13);
-        v.advance(5);
-        assert_eq!(v.as_slice().len(), 1);
-        v.advance(100);
-        assert_eq!(v.remaining(), 0);
-        assert!(v.as_slice().is_empty());
-        v.advance(1);
-        assert!(v.as_slice().is_empty());
-    }
 }

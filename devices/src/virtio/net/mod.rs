@@ -14,6 +14,7 @@
 //! starts.
 
 mod device;
+mod reserved;
 mod rx;
 mod tap;
 mod tx;

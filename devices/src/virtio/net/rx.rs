@@ -6,14 +6,18 @@
 //! pending here and the device stops reading the backend until the guest
 //! kicks the RX queue, so frames wait in the TAP's queue, not in a growing
 //! host buffer, and none is lost between the two.
+//!
+//! A readv straight into the guest's buffers was measured against this
+//! (devices/examples/net_bench): it needs chains reserved for the largest
+//! frame and hands the kernel an iovec per buffer, which cost as much as
+//! the copy it saves for 64 KiB frames and more than it for small ones.
 
-use std::collections::VecDeque;
 use std::io;
 
 use crate::GuestMemoryMmap;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use virtio_queue::{Queue, QueueT};
 
+use super::reserved::Reserved;
 use super::tap::NetBackend;
 use super::{log_rate_limited, NetCounters, MAX_BUFFER_LEN, VNET_HDR_LEN};
 
@@ -24,14 +28,25 @@ const RX_BUDGET: usize = 256;
 /// Offset of `num_buffers` in `virtio_net_hdr_v1`.
 const NUM_BUFFERS_OFFSET: usize = 10;
 
-/// The writable buffers of one RX chain, checked against guest memory.
-#[derive(Debug)]
-struct RxBuf {
-    head: u16,
-    segs: Vec<(GuestAddress, usize)>,
-    capacity: usize,
-    /// Descriptors the chain occupies in the descriptor table.
-    descs: usize,
+/// What became of a read from the backend.
+#[derive(Debug, PartialEq, Eq)]
+enum Read {
+    /// A frame of this many bytes is in the host buffer.
+    Frame(usize),
+    /// Nothing usable came (a runt, a cut frame, a signal): go on.
+    Again,
+    /// The backend has no frame, or failed.
+    Empty,
+}
+
+/// Whether the reserved chains can take a frame.
+#[derive(Debug, PartialEq, Eq)]
+enum Fill {
+    Enough,
+    /// Not yet: the ring has no more chains for now.
+    Starved,
+    /// Never: the reserved chains hold every descriptor the ring has.
+    Never,
 }
 
 /// What became of the pending frame.
@@ -48,15 +63,8 @@ pub(super) struct RxPath {
     frame: Vec<u8>,
     /// Length of the frame waiting in `frame`; 0 when none.
     pending: usize,
-    /// Chains popped from the RX queue but not yet used: a frame that needs
-    /// several (MRG_RXBUF) holds them here while more are awaited, so the
-    /// avail ring never has to be rewound.
-    reserved: VecDeque<RxBuf>,
-    reserved_capacity: usize,
-    reserved_descs: usize,
-    /// A chain popped after those in `reserved` was answered at once
-    /// (malformed), so `reserved` is not the ring's last entries.
-    reserved_gap: bool,
+    /// Chains popped from the RX queue but not yet used.
+    reserved: Reserved,
     /// vnet header length the driver negotiated.
     pub(super) hdr_len: usize,
     pub(super) mrg_rxbuf: bool,
@@ -69,10 +77,7 @@ impl RxPath {
         Self {
             frame: vec![0; MAX_BUFFER_LEN],
             pending: 0,
-            reserved: VecDeque::new(),
-            reserved_capacity: 0,
-            reserved_descs: 0,
-            reserved_gap: false,
+            reserved: Reserved::default(),
             hdr_len: VNET_HDR_LEN,
             mrg_rxbuf: false,
             failed: false,
@@ -84,16 +89,13 @@ impl RxPath {
     pub(super) fn reset(&mut self) {
         self.pending = 0;
         self.reserved.clear();
-        self.reserved_capacity = 0;
-        self.reserved_descs = 0;
-        self.reserved_gap = false;
     }
 
     /// How many chains at the end of the available ring's taken part are
     /// held unanswered, for a snapshot to count them back into the ring;
     /// `None` when they are not the last ones taken.
     pub(super) fn held_chains(&self) -> Option<u16> {
-        if self.reserved_gap {
+        if !self.reserved.are_last_taken() {
             return None;
         }
         u16::try_from(self.reserved.len()).ok()
@@ -130,26 +132,11 @@ impl RxPath {
                 if self.failed {
                     break;
                 }
-                match backend.read_frame(&mut self.frame) {
-                    Ok(n) if n < self.hdr_len => {
-                        counters.rx_dropped += 1;
-                        log_rate_limited(
-                            counters.rx_dropped,
-                            format_args!(
-                                "net: dropped a {n}-byte read, shorter than a vnet header"
-                            ),
-                        );
-                        continue;
-                    }
-                    Ok(n) => self.pending = n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        counters.rx_backend_errors += 1;
-                        log::error!("net: reading from the backend failed: {e}; receiving stops");
-                        self.failed = true;
-                        break;
-                    }
+                let read = backend.read_frame(&mut self.frame);
+                match self.check_read(read, MAX_BUFFER_LEN, counters) {
+                    Read::Frame(n) => self.pending = n,
+                    Read::Again => continue,
+                    Read::Empty => break,
                 }
             }
             match self.deliver(mem, queue, counters, &mut used) {
@@ -160,7 +147,105 @@ impl RxPath {
         used
     }
 
-    /// Try to place the pending frame in guest buffers.
+    /// Judge a read of at most `room` bytes from the backend.
+    fn check_read(
+        &mut self,
+        read: io::Result<usize>,
+        room: usize,
+        counters: &mut NetCounters,
+    ) -> Read {
+        match read {
+            Ok(n) if n < self.hdr_len => {
+                counters.rx_dropped += 1;
+                log_rate_limited(
+                    counters.rx_dropped,
+                    format_args!("net: dropped a {n}-byte read, shorter than a vnet header"),
+                );
+                Read::Again
+            }
+            Ok(n) if n > room => {
+                counters.rx_dropped += 1;
+                log_rate_limited(
+                    counters.rx_dropped,
+                    format_args!("net: dropped a {n}-byte frame cut to the {room} bytes read"),
+                );
+                Read::Again
+            }
+            Ok(n) => Read::Frame(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Read::Empty,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Read::Again,
+            Err(e) => {
+                counters.rx_backend_errors += 1;
+                log::error!("net: reading from the backend failed: {e}; receiving stops");
+                self.failed = true;
+                Read::Empty
+            }
+        }
+    }
+
+    /// Take chains from the ring until the reserved ones can take a frame
+    /// of `len` bytes (with MRG_RXBUF, together; without, one chain is all
+    /// a frame may use).
+    fn fill(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        queue: &mut Queue,
+        counters: &mut NetCounters,
+        used: &mut bool,
+        len: usize,
+    ) -> Fill {
+        // Set when the avail ring looked empty and notifications were
+        // re-armed; a second empty look after that means really empty (and
+        // guards against a corrupt avail index making us spin).
+        let mut rearmed = false;
+        loop {
+            let enough = if self.mrg_rxbuf {
+                self.reserved.capacity() >= len
+            } else {
+                !self.reserved.is_empty()
+            };
+            if enough {
+                return Fill::Enough;
+            }
+            // The guest can never have more than a queue's worth of
+            // descriptors outstanding; if the chains holding them all cannot
+            // take the frame, it will never fit.
+            if self.reserved.descs() >= usize::from(queue.size()) {
+                return Fill::Never;
+            }
+            match queue.pop_descriptor_chain(mem) {
+                Some(chain) => {
+                    rearmed = false;
+                    if let Err((head, reason)) = self.reserved.push(chain, mem) {
+                        self.reserved.note_answered();
+                        counters.rx_malformed += 1;
+                        log_rate_limited(
+                            counters.rx_malformed,
+                            format_args!("net: returning a malformed RX chain: {reason}"),
+                        );
+                        if let Err(e) = queue.add_used(mem, head, 0) {
+                            log::error!("net: cannot return an RX chain: {e}");
+                            return Fill::Starved;
+                        }
+                        *used = true;
+                    }
+                }
+                None if rearmed => return Fill::Starved,
+                None => match queue.enable_notification(mem) {
+                    // Buffers arrived while notifications were off: retry.
+                    Ok(true) => rearmed = true,
+                    Ok(false) => return Fill::Starved,
+                    Err(e) => {
+                        log::error!("net: cannot enable RX queue notifications: {e}");
+                        return Fill::Starved;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Try to place the pending frame (in the host buffer) in guest
+    /// buffers.
     fn deliver(
         &mut self,
         mem: &GuestMemoryMmap,
@@ -169,129 +254,45 @@ impl RxPath {
         used: &mut bool,
     ) -> Delivery {
         let len = self.pending;
-        // Set when the avail ring looked empty and notifications were
-        // re-armed; a second empty look after that means really empty (and
-        // guards against a corrupt avail index making us spin).
-        let mut rearmed = false;
-        loop {
-            let enough = if self.mrg_rxbuf {
-                self.reserved_capacity >= len
-            } else {
-                !self.reserved.is_empty()
-            };
-            if enough {
-                break;
-            }
-            // The guest can never have more than a queue's worth of
-            // descriptors outstanding; if the chains holding them all cannot
-            // take the frame, it will never fit.
-            if self.reserved_descs >= usize::from(queue.size()) {
-                return self.drop_pending(counters, "larger than all RX buffers together");
-            }
-            match queue.pop_descriptor_chain(mem) {
-                Some(chain) => {
-                    rearmed = false;
-                    match parse_rx_chain(chain, mem) {
-                        Ok(buf) => {
-                            self.reserved_capacity += buf.capacity;
-                            self.reserved_descs += buf.descs;
-                            self.reserved.push_back(buf);
-                        }
-                        Err((head, reason)) => {
-                            self.reserved_gap |= !self.reserved.is_empty();
-                            counters.rx_malformed += 1;
-                            log_rate_limited(
-                                counters.rx_malformed,
-                                format_args!("net: returning a malformed RX chain: {reason}"),
-                            );
-                            if let Err(e) = queue.add_used(mem, head, 0) {
-                                log::error!("net: cannot return an RX chain: {e}");
-                                return Delivery::Starved;
-                            }
-                            *used = true;
-                        }
-                    }
-                }
-                None if rearmed => return Delivery::Starved,
-                None => match queue.enable_notification(mem) {
-                    // Buffers arrived while notifications were off: retry.
-                    Ok(true) => rearmed = true,
-                    Ok(false) => return Delivery::Starved,
-                    Err(e) => {
-                        log::error!("net: cannot enable RX queue notifications: {e}");
-                        return Delivery::Starved;
-                    }
-                },
+        match self.fill(mem, queue, counters, used, len) {
+            Fill::Enough => {}
+            Fill::Starved => return Delivery::Starved,
+            Fill::Never => {
+                return self.drop_pending(counters, "larger than all RX buffers together")
             }
         }
-
         // Without MRG_RXBUF a frame must fit in the single next chain.
-        let chains = if self.mrg_rxbuf {
-            let mut sum = 0;
-            self.reserved
-                .iter()
-                .take_while(|b| {
-                    let more = sum < len;
-                    sum += b.capacity;
-                    more
-                })
-                .count()
-        } else if self.reserved.front().is_some_and(|b| b.capacity >= len) {
-            1
-        } else {
+        if !self.mrg_rxbuf && self.reserved.front_capacity().is_some_and(|c| c < len) {
             return self.drop_pending(counters, "larger than the guest's RX buffer");
-        };
-        let Ok(num_buffers) = u16::try_from(chains) else {
-            return self.drop_pending(counters, "needs more than 65535 buffers");
-        };
-        if self.hdr_len >= NUM_BUFFERS_OFFSET + 2 {
-            if let Some(field) = self
-                .frame
-                .get_mut(NUM_BUFFERS_OFFSET..NUM_BUFFERS_OFFSET + 2)
-            {
-                field.copy_from_slice(&num_buffers.to_le_bytes());
-            }
         }
+        let chains = self.reserved.chains_for(len, self.mrg_rxbuf);
+        self.reserved
+            .copy_in(mem, self.frame.get(..len).unwrap_or_default());
+        self.pending = 0;
+        self.commit(mem, queue, counters, len, chains, used);
+        Delivery::Delivered
+    }
 
-        let mut off = 0;
-        for _ in 0..chains {
-            let Some(buf) = self.reserved.pop_front() else {
-                break;
-            };
-            self.reserved_capacity -= buf.capacity;
-            self.reserved_descs -= buf.descs;
-            if self.reserved.is_empty() {
-                self.reserved_gap = false;
-            }
-            let mut written = 0usize;
-            for &(addr, seg_len) in &buf.segs {
-                if off >= len {
-                    break;
-                }
-                let n = seg_len.min(len - off);
-                // `off + n` <= `len`, the length of the frame in `frame`.
-                let Some(src) = self.frame.get(off..off + n) else {
-                    break;
-                };
-                // The range was checked when the chain was parsed and guest
-                // memory does not change under a running device.
-                if let Err(e) = mem.write_slice(src, addr) {
-                    log::error!("net: writing an RX buffer at {:#x} failed: {e}", addr.0);
-                }
-                off += n;
-                written += n;
-            }
-            // `written` <= the chain's length, which virtio-queue caps at u32.
-            let written = u32::try_from(written).unwrap_or(u32::MAX);
-            if let Err(e) = queue.add_used(mem, buf.head, written) {
-                log::error!("net: cannot return an RX chain: {e}");
-            }
-            *used = true;
+    /// A frame of `len` bytes is in the first `chains` reserved chains: set
+    /// its `num_buffers` and hand the chains to the driver.
+    fn commit(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        queue: &mut Queue,
+        counters: &mut NetCounters,
+        len: usize,
+        chains: usize,
+        used: &mut bool,
+    ) {
+        // `chains` <= the reserved chains, at most a queue's worth (u16).
+        let num_buffers = u16::try_from(chains).unwrap_or(u16::MAX);
+        if self.hdr_len >= NUM_BUFFERS_OFFSET + 2 {
+            self.reserved
+                .write_at(mem, NUM_BUFFERS_OFFSET, &num_buffers.to_le_bytes());
         }
+        *used |= self.reserved.hand_over(mem, queue, len, chains);
         counters.rx_frames += 1;
         counters.rx_bytes += (len - self.hdr_len) as u64;
-        self.pending = 0;
-        Delivery::Delivered
     }
 
     fn drop_pending(&mut self, counters: &mut NetCounters, why: &str) -> Delivery {
@@ -303,40 +304,4 @@ impl RxPath {
         self.pending = 0;
         Delivery::Dropped
     }
-}
-
-/// Collect the writable buffers of an RX chain, or say why it is unusable
-/// (returning its head so it can go back to the guest).
-fn parse_rx_chain(
-    chain: DescriptorChain<&GuestMemoryMmap>,
-    mem: &GuestMemoryMmap,
-) -> Result<RxBuf, (u16, &'static str)> {
-    let head = chain.head_index();
-    let mut segs = Vec::new();
-    let mut capacity = 0usize;
-    let mut descs = 0usize;
-    for desc in chain {
-        descs += 1;
-        if !desc.is_write_only() {
-            return Err((head, "read-only descriptor in an RX chain"));
-        }
-        let len = desc.len() as usize;
-        if len == 0 {
-            continue;
-        }
-        if !GuestMemoryBackend::check_range(mem, desc.addr(), len) {
-            return Err((head, "buffer outside guest memory"));
-        }
-        segs.push((desc.addr(), len));
-        capacity += len;
-    }
-    if capacity == 0 {
-        return Err((head, "no writable space"));
-    }
-    Ok(RxBuf {
-        head,
-        segs,
-        capacity,
-        descs,
-    })
 }

@@ -2,7 +2,7 @@
 //! whole frames behind a pollable fd.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
@@ -15,8 +15,12 @@ use super::Error;
 pub trait NetBackend: AsRawFd + Send {
     /// Read one frame into `buf`; `WouldBlock` when none is queued.
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize>;
-    /// Write one frame.
-    fn write_frame(&mut self, buf: &[u8]) -> io::Result<usize>;
+    /// Write one frame gathered from `iov` (guest buffers).
+    ///
+    /// # Safety
+    /// Every iovec must describe memory that is valid for reads for the
+    /// whole call.
+    unsafe fn write_iovecs(&mut self, iov: &[libc::iovec]) -> io::Result<usize>;
     /// Set which offloads frames read from the backend may use (`TUN_F_*`).
     fn set_offload(&mut self, flags: u32) -> io::Result<()>;
     /// Set the vnet header length both directions use (10 or 12).
@@ -154,8 +158,10 @@ impl NetBackend for Tap {
         self.file.read(buf)
     }
 
-    fn write_frame(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.write(buf)
+    unsafe fn write_iovecs(&mut self, iov: &[libc::iovec]) -> io::Result<usize> {
+        // SAFETY: the caller vouches for the buffers; the kernel only reads
+        // them.
+        unsafe { writev(self.file.as_raw_fd(), iov) }
     }
 
     fn set_offload(&mut self, flags: u32) -> io::Result<()> {
@@ -185,6 +191,17 @@ impl NetBackend for Tap {
         }
         Ok(())
     }
+}
+
+/// writev(2) on `fd`.
+///
+/// # Safety
+/// Every iovec must describe memory valid for reads during the call.
+pub unsafe fn writev(fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
+    let count = libc::c_int::try_from(iov.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: the caller vouches for the buffers; `count` iovecs are there.
+    let n = unsafe { libc::writev(fd, iov.as_ptr(), count) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 #[cfg(test)]

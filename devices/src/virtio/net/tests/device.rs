@@ -190,6 +190,41 @@ fn rx_malformed_chains_are_returned_and_counted() {
 }
 
 #[test]
+fn a_chain_refused_halfway_leaves_nothing_of_itself_behind() {
+    let mem = guest_mem(MEM_SIZE);
+    let mut b = Bench::new(&mem, &config(None));
+    b.activate(b.all_features());
+    // A frame spanning two chains, with a refused chain between them whose
+    // first buffer was fine: the frame must land in the good chains only.
+    let first = b.add_rx_buffers(1, 1024);
+    let (ok, ro) = (b.drv.alloc(1024), b.drv.alloc(1024));
+    let bad = b
+        .drv
+        .add_chain(RX_INDEX, &[(ok, 1024, true), (ro, 1024, false)]);
+    let second = b.add_rx_buffers(1, 1024);
+    b.drv.write(ok, &[0xee; 1024]);
+    b.run();
+    let f = frame(1500, 9);
+    b.inject(&f);
+    b.run();
+
+    assert_eq!(
+        b.drv.used(RX_INDEX),
+        vec![
+            (u32::from(bad), 0),
+            (u32::from(first[0].0), 1024),
+            (u32::from(second[0].0), f.len() as u32 - 1024)
+        ]
+    );
+    let mut got = b.drv.read(first[0].1, 1024);
+    got.extend(b.drv.read(second[0].1, f.len() - 1024));
+    assert_eq!(u16::from_le_bytes([got[10], got[11]]), 2);
+    assert!(got[12..] == f[12..], "the frame arrived intact");
+    assert_eq!(b.drv.read(ok, 1024), vec![0xee; 1024]);
+    assert_eq!(b.counters().rx_malformed, 1);
+}
+
+#[test]
 fn tx_malformed_chains_are_dropped_and_counted() {
     let mem = guest_mem(MEM_SIZE);
     let mut b = Bench::new(&mem, &config(None));

@@ -53,11 +53,12 @@ impl NetBackend for FakeBackend {
         }
         self.sock.recv(buf)
     }
-    fn write_frame(&mut self, buf: &[u8]) -> io::Result<usize> {
+    unsafe fn write_iovecs(&mut self, iov: &[libc::iovec]) -> io::Result<usize> {
         if self.calls.lock().unwrap().fail_writes {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        self.sock.send(buf)
+        // SAFETY: the caller vouches for the buffers.
+        unsafe { super::tap::writev(self.sock.as_raw_fd(), iov) }
     }
     fn set_offload(&mut self, flags: u32) -> io::Result<()> {
         self.calls.lock().unwrap().offloads.push(flags);
