@@ -13,7 +13,6 @@ use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,10 +23,14 @@ use event_manager::{EventManager, SubscriberOps};
 use io_uring::{opcode, types, IoUring};
 use virtio_bindings::bindings::virtio_blk::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress};
+
+#[path = "common/ring.rs"]
+#[allow(dead_code)] // each bench uses part of it
+mod ring;
+use ring::Ring;
+
+const RING: Ring = Ring { base: 0 };
 
 /// Runs per case and side; the best one counts.
 const ROUNDS: usize = 5;
@@ -41,6 +44,8 @@ const MEM_SIZE: u64 = DATA + QD * (1 << 20);
 struct Case {
     size: u64,
     write: bool,
+    /// Scattered offsets instead of a sequential walk.
+    random: bool,
 }
 
 struct Result {
@@ -71,17 +76,22 @@ fn main() {
         FILE_SIZE >> 20
     );
     println!(
-        "{:<9} {:>7} {:<5} {:>12} {:>10} {:>12} {:>10} {:>7}",
+        "{:<9} {:>7} {:<9} {:>12} {:>10} {:>12} {:>10} {:>7}",
         "engine", "size", "op", "flint req/s", "flint MB/s", "direct req/s", "direct MB/s", "ratio"
     );
     for engine in [EngineType::Sync, EngineType::IoUring] {
-        for size in [4096, 1 << 20] {
+        for (size, random) in [(4096, false), (4096, true), (1 << 20, false)] {
             for write in [false, true] {
                 let label = format!(
-                    "{:<9} {:>7} {:<5}",
+                    "{:<9} {:>7} {:<9}",
                     format!("{engine:?}"),
                     if size == 4096 { "4 KiB" } else { "1 MiB" },
-                    if write { "write" } else { "read" },
+                    match (random, write) {
+                        (false, false) => "read",
+                        (false, true) => "write",
+                        (true, false) => "randread",
+                        (true, true) => "randwrite",
+                    },
                 );
                 let squeezed = label.split_whitespace().collect::<Vec<_>>().join(" ");
                 if only
@@ -90,7 +100,11 @@ fn main() {
                 {
                     continue;
                 }
-                let case = Case { size, write };
+                let case = Case {
+                    size,
+                    write,
+                    random,
+                };
                 // The host may be busy: alternate the two sides and keep
                 // the best of each.
                 let mut flint = Result { reqs: 0, secs: 1.0 };
@@ -132,14 +146,21 @@ fn make_image(path: &Path) {
     }
 }
 
-/// The offset of request `n` of `case`: walk the file sequentially.
+/// The offset of request `n` of `case`: a sequential walk through the
+/// file, or blocks scattered over it (no two of a batch adjacent).
 fn offset(case: &Case, n: u64) -> u64 {
-    (n * case.size) % FILE_SIZE
+    let blocks = FILE_SIZE / case.size;
+    let block = if case.random {
+        // A multiplicative hash: a fixed, spread-out permutation.
+        n.wrapping_mul(2_654_435_761) % blocks
+    } else {
+        n % blocks
+    };
+    block * case.size
 }
 
 fn through_flint(path: &Path, engine: EngineType, case: &Case, dur: Duration) -> Result {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
-    let vq = MockSplitQueue::new(&mem, QUEUE_SIZE);
     let cfg = BlockConfig {
         drive_id: "bench".into(),
         path: PathBuf::from(path),
@@ -156,9 +177,8 @@ fn through_flint(path: &Path, engine: EngineType, case: &Case, dur: Duration) ->
         assert_eq!(b.engine(), engine, "io_uring unavailable");
         let features = b.avail_features();
         b.ack_features(features);
-        let q: Queue = vq.create_queue().unwrap();
         let irq = Arc::new(Interrupt::new().unwrap());
-        b.activate(mem.clone(), irq, vec![q]).unwrap();
+        b.activate(mem.clone(), irq, vec![RING.queue()]).unwrap();
     }
     // The activation kick finds an empty queue.
     em.run_with_timeout(0).unwrap();
@@ -181,15 +201,11 @@ fn through_flint(path: &Path, engine: EngineType, case: &Case, dur: Duration) ->
             (hdr + 0x80, 1, VRING_DESC_F_WRITE),
         ];
         for (j, (addr, len, flags)) in descs.into_iter().enumerate() {
-            let desc = Descriptor::new(addr, len, flags as u16, d + j as u16 + 1);
-            vq.desc_table()
-                .store(d + j as u16, RawDescriptor::from(desc))
-                .unwrap();
+            RING.store(&mem, d + j as u16, addr, len, flags);
         }
     }
 
-    let avail = vq.avail_addr();
-    let used_idx = vq.used_addr().unchecked_add(2);
+    let heads: Vec<u16> = (0..QD as u16).map(|i| i * 3).collect();
     let mut next: u16 = 0;
     let mut n = 0u64;
     let start = Instant::now();
@@ -197,22 +213,23 @@ fn through_flint(path: &Path, engine: EngineType, case: &Case, dur: Duration) ->
         for i in 0..QD {
             let hdr = GuestAddress(HDRS + i * 0x100 + 8);
             mem.write_obj(offset(case, n + i) / 512, hdr).unwrap();
-            let slot = u64::from(next.wrapping_add(i as u16) % QUEUE_SIZE);
-            mem.write_obj((i * 3) as u16, avail.unchecked_add(4 + 2 * slot))
-                .unwrap();
         }
+        RING.publish(&mem, next, &heads);
         next = next.wrapping_add(QD as u16);
-        mem.store(next, avail.unchecked_add(2), Ordering::Release)
-            .unwrap();
         kick.write(1).unwrap();
-        while mem.load::<u16>(used_idx, Ordering::Acquire).unwrap() != next {
+        while RING.used_idx(&mem) != next {
             em.run().unwrap();
         }
         n += QD;
     }
     let secs = start.elapsed().as_secs_f64();
     let c = blk.lock().unwrap().counters();
-    assert_eq!(c.errors, 0, "requests failed: {c:?}");
+    assert_eq!(c.errors + c.broken_chains, 0, "requests failed: {c:?}");
+    assert_eq!(
+        c.read_requests + c.write_requests,
+        n,
+        "requests lost: {c:?}"
+    );
     Result { reqs: n, secs }
 }
 

@@ -24,8 +24,12 @@ use devices::virtio::net::{Net, NetBackend, NetConfig, QUEUE_SIZE};
 use devices::virtio::{Interrupt, VirtioDevice};
 use devices::GuestMemoryMmap;
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress};
+
+#[path = "common/ring.rs"]
+#[allow(dead_code)] // each bench uses part of it
+mod ring;
+use ring::Ring;
+use vm_memory::{Bytes, GuestAddress};
 
 /// Runs per case and side; the best one counts.
 const ROUNDS: usize = 5;
@@ -219,70 +223,6 @@ fn main() {
                 flint_ns / direct_ns,
             );
         }
-    }
-}
-
-/// A split ring laid out by hand: descriptor table, avail ring and used
-/// ring 4 KiB apart from `base`.
-#[derive(Clone, Copy)]
-struct Ring {
-    base: u64,
-}
-
-impl Ring {
-    fn desc(self) -> GuestAddress {
-        GuestAddress(self.base)
-    }
-    fn avail(self) -> GuestAddress {
-        GuestAddress(self.base + 0x1000)
-    }
-    fn used(self) -> GuestAddress {
-        GuestAddress(self.base + 0x2000)
-    }
-
-    fn queue(self) -> Queue {
-        let mut q = Queue::new(QUEUE_SIZE).unwrap();
-        q.try_set_desc_table_address(self.desc()).unwrap();
-        q.try_set_avail_ring_address(self.avail()).unwrap();
-        q.try_set_used_ring_address(self.used()).unwrap();
-        q.set_ready(true);
-        q
-    }
-
-    /// Descriptor `i`: `len` bytes at `addr`, followed by `i + 1` if
-    /// `flags` has NEXT.
-    fn store(self, mem: &GuestMemoryMmap, i: u16, addr: u64, len: u32, flags: u32) {
-        let at = self.desc().unchecked_add(16 * u64::from(i));
-        mem.write_obj(addr, at).unwrap();
-        mem.write_obj(len, at.unchecked_add(8)).unwrap();
-        mem.write_obj(flags as u16, at.unchecked_add(12)).unwrap();
-        mem.write_obj(i.wrapping_add(1), at.unchecked_add(14))
-            .unwrap();
-    }
-
-    /// Make the chains at `heads` available, in order, after `idx`.
-    fn publish(self, mem: &GuestMemoryMmap, idx: u16, heads: &[u16]) {
-        for (k, &h) in heads.iter().enumerate() {
-            let slot = u64::from(idx.wrapping_add(k as u16) % QUEUE_SIZE);
-            mem.write_obj(h, self.avail().unchecked_add(4 + 2 * slot))
-                .unwrap();
-        }
-        let next = idx.wrapping_add(heads.len() as u16);
-        mem.store(next, self.avail().unchecked_add(2), Ordering::Release)
-            .unwrap();
-    }
-
-    fn used_idx(self, mem: &GuestMemoryMmap) -> u16 {
-        mem.load(self.used().unchecked_add(2), Ordering::Acquire)
-            .unwrap()
-    }
-
-    fn used_id(self, mem: &GuestMemoryMmap, i: u16) -> u16 {
-        let slot = u64::from(i % QUEUE_SIZE);
-        let id: u32 = mem
-            .read_obj(self.used().unchecked_add(4 + 8 * slot))
-            .unwrap();
-        id as u16
     }
 }
 

@@ -87,6 +87,11 @@ impl IoVecs {
         Ok(())
     }
 
+    /// Append the iovecs another list has still to transfer.
+    pub fn extend_from(&mut self, other: &IoVecs) {
+        self.vecs.extend_from_slice(other.as_slice());
+    }
+
     /// Iovecs still in the list.
     pub fn len(&self) -> usize {
         self.as_slice().len()

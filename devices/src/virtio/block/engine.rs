@@ -18,6 +18,8 @@ use super::EngineType;
 pub(crate) struct Completion {
     pub pending: Pending,
     pub result: io::Result<()>,
+    /// The request's data moved in the host I/O of the one before it.
+    pub merged: bool,
 }
 
 #[derive(Debug)]
@@ -53,7 +55,10 @@ impl Engine {
     /// false if the kernel would not let us wait.
     pub fn finish_in_flight(&mut self, done: &mut Vec<Completion>) -> bool {
         match self {
-            Engine::Sync(_) => true,
+            Engine::Sync(s) => {
+                s.run(done);
+                true
+            }
             Engine::IoUring(e) => e.finish_in_flight(done),
         }
     }
@@ -86,13 +91,11 @@ impl Engine {
         }
     }
 
-    /// Start `op`; a synchronous engine finishes it into `done` at once.
-    pub fn push(&mut self, mut op: IoOp, pending: Pending, done: &mut Vec<Completion>) {
+    /// Start `op`; a synchronous engine runs it (with the others pushed
+    /// since) at the next [`Engine::reap`].
+    pub fn push(&mut self, op: IoOp, pending: Pending, done: &mut Vec<Completion>) {
         match self {
-            Engine::Sync(s) => {
-                let result = s.execute(&mut op);
-                done.push(Completion { pending, result });
-            }
+            Engine::Sync(s) => s.push(op, pending),
             Engine::IoUring(r) => r.push(op, pending, done),
         }
     }
@@ -104,10 +107,12 @@ impl Engine {
         }
     }
 
-    /// Collect finished requests into `done`.
+    /// Collect finished requests into `done` (a synchronous engine runs
+    /// what was pushed now).
     pub fn reap(&mut self, done: &mut Vec<Completion>) {
-        if let Engine::IoUring(r) = self {
-            r.reap(done);
+        match self {
+            Engine::Sync(s) => s.run(done),
+            Engine::IoUring(r) => r.reap(done),
         }
     }
 
@@ -115,7 +120,10 @@ impl Engine {
     /// I/O touches guest memory. False if that could not be ensured.
     pub fn drain(&mut self) -> bool {
         match self {
-            Engine::Sync(_) => true,
+            Engine::Sync(s) => {
+                s.run(&mut Vec::new());
+                true
+            }
             Engine::IoUring(r) => r.drain(),
         }
     }
@@ -123,7 +131,7 @@ impl Engine {
     /// Requests in flight.
     pub fn in_flight(&self) -> usize {
         match self {
-            Engine::Sync(_) => 0,
+            Engine::Sync(s) => s.queued(),
             Engine::IoUring(r) => r.in_flight(),
         }
     }

@@ -229,7 +229,13 @@ fn finish(act: &mut Active, counters: &mut BlockCounters, pending: Pending, stat
 /// Answer every finished request in `done`; returns how many.
 fn complete(act: &mut Active, done: &mut Vec<Completion>, counters: &mut BlockCounters) -> usize {
     let n = done.len();
-    for Completion { pending, result } in done.drain(..) {
+    for Completion {
+        pending,
+        result,
+        merged,
+    } in done.drain(..)
+    {
+        counters.merged_requests += u64::from(merged);
         let status = match result {
             Ok(()) => {
                 match pending.kind {

@@ -148,11 +148,19 @@ impl UringEngine {
     pub fn push(&mut self, op: IoOp, pending: Pending, done: &mut Vec<Completion>) {
         let Some(slot) = self.free.pop() else {
             let result = Err(io::Error::other("too many requests in flight"));
-            return done.push(Completion { pending, result });
+            return done.push(Completion {
+                pending,
+                result,
+                merged: false,
+            });
         };
         let Some(entry) = self.slots.get_mut(slot) else {
             let result = Err(io::Error::other("io_uring slot out of range"));
-            return done.push(Completion { pending, result });
+            return done.push(Completion {
+                pending,
+                result,
+                merged: false,
+            });
         };
         *entry = Some(InFlight { pending, op });
         if let Err(e) = self.queue(slot) {
@@ -183,6 +191,7 @@ impl UringEngine {
             done.push(Completion {
                 pending: inflight.pending,
                 result,
+                merged: false,
             });
         }
     }

@@ -49,7 +49,8 @@ pub enum CacheType {
 /// host waits for slow storage.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum EngineType {
-    /// preadv/pwritev on the event loop thread, one request at a time.
+    /// preadv/pwritev on the event loop thread, the requests of one kick in
+    /// order, adjacent ones merged.
     #[default]
     Sync,
     /// io_uring: requests are submitted in batches and complete on the event
@@ -114,6 +115,10 @@ pub struct BlockCounters {
     pub broken_rings: u64,
     /// Interrupts raised towards the guest.
     pub interrupts: u64,
+    /// Requests whose data moved in one host read or write with the
+    /// request before them (adjacent sectors, the synchronous engine).
+    #[serde(default)]
+    pub merged_requests: u64,
 }
 
 /// A block device's own state. The image itself is not part of it: the

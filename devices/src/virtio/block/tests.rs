@@ -937,3 +937,100 @@ fn prepare_save_leaves_nothing_half_done() {
         }
     }
 }
+
+#[test]
+fn adjacent_requests_share_one_host_io_and_keep_their_own_results() {
+    with_device(
+        "merge",
+        |_| {},
+        |img, mem, vq, blk| {
+            let buf = |n: u64| DATA + n * 0x2000;
+            // Two adjacent reads (the first in two buffers), two adjacent
+            // writes, a flush, a read after it, and a read that does not
+            // follow on.
+            let sts = [
+                request(
+                    mem,
+                    vq,
+                    0,
+                    VIRTIO_BLK_T_IN,
+                    0,
+                    &[(buf(0), 1024, true), (buf(0) + 1024, 3072, true)],
+                ),
+                request(mem, vq, 1, VIRTIO_BLK_T_IN, 8, &[(buf(1), 4096, true)]),
+                {
+                    mem.write_slice(&[0xa2; 4096], GuestAddress(buf(2)))
+                        .unwrap();
+                    request(mem, vq, 2, VIRTIO_BLK_T_OUT, 16, &[(buf(2), 4096, false)])
+                },
+                {
+                    mem.write_slice(&[0xa3; 4096], GuestAddress(buf(3)))
+                        .unwrap();
+                    request(mem, vq, 3, VIRTIO_BLK_T_OUT, 24, &[(buf(3), 4096, false)])
+                },
+                request(mem, vq, 4, VIRTIO_BLK_T_FLUSH, 0, &[]),
+                request(mem, vq, 5, VIRTIO_BLK_T_IN, 32, &[(buf(5), 4096, true)]),
+                request(mem, vq, 6, VIRTIO_BLK_T_IN, 2, &[(buf(6), 1024, true)]),
+            ];
+            run(blk, vq, 7);
+            for (i, st) in sts.iter().enumerate() {
+                assert_eq!(status(mem, *st), STATUS_OK, "request {i}");
+            }
+            let read = |addr: u64, len: usize| {
+                let mut got = vec![0u8; len];
+                mem.read_slice(&mut got, GuestAddress(addr)).unwrap();
+                got
+            };
+            assert_eq!(read(buf(0), 4096), pattern(0, 4096));
+            assert_eq!(read(buf(1), 4096), pattern(4096, 4096));
+            assert_eq!(read(buf(5), 4096), pattern(16384, 4096));
+            assert_eq!(read(buf(6), 1024), pattern(1024, 1024));
+            let file = img.content();
+            assert_eq!(&file[8192..12288], &[0xa2; 4096][..]);
+            assert_eq!(&file[12288..16384], &[0xa3; 4096][..]);
+            let c = blk.counters();
+            let want = if blk.engine() == EngineType::Sync {
+                2
+            } else {
+                0
+            };
+            assert_eq!(c.merged_requests, want, "{:?}", blk.engine());
+            assert_eq!((c.bytes_read, c.bytes_written), (13312, 8192));
+        },
+    );
+}
+
+#[test]
+fn a_merged_read_that_fails_is_redone_request_by_request() {
+    with_device(
+        "merge-fail",
+        |_| {},
+        |img, mem, vq, blk| {
+            let first = request(mem, vq, 0, VIRTIO_BLK_T_IN, 0, &[(DATA, 4096, true)]);
+            let second = request(
+                mem,
+                vq,
+                1,
+                VIRTIO_BLK_T_IN,
+                8,
+                &[(DATA + 0x2000, 4096, true)],
+            );
+            // The image shrinks under the device: the second read now ends
+            // past its end, the first does not.
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&img.0)
+                .unwrap()
+                .set_len(4096)
+                .unwrap();
+            run(blk, vq, 2);
+            assert_eq!(status(mem, first), STATUS_OK);
+            assert_eq!(status(mem, second), STATUS_IOERR);
+            let mut got = vec![0u8; 4096];
+            mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+            assert_eq!(got, pattern(0, 4096));
+            let c = blk.counters();
+            assert_eq!((c.host_io_errors, c.merged_requests), (1, 0));
+        },
+    );
+}
