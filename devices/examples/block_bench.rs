@@ -25,6 +25,8 @@ use virtio_bindings::bindings::virtio_blk::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{Bytes, GuestAddress};
 
+#[path = "common/args.rs"]
+mod args;
 #[path = "common/ring.rs"]
 #[allow(dead_code)] // each bench uses part of it
 mod ring;
@@ -60,14 +62,9 @@ impl Result {
 }
 
 fn main() {
-    let secs: f64 = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0.5);
+    // The filter matches a case's label, e.g. "Sync 4 KiB read".
+    let (secs, only) = args::parse();
     let dur = Duration::from_secs_f64(secs);
-    // Optional: only cases whose "engine size op" line contains this, e.g.
-    // "Sync 4 KiB read" (handy under a profiler).
-    let only = std::env::args().nth(2);
     let path = std::env::temp_dir().join(format!("flint-block-bench-{}.img", std::process::id()));
     make_image(&path);
 

@@ -25,6 +25,8 @@ use devices::virtio::{Interrupt, VirtioDevice};
 use devices::GuestMemoryMmap;
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
+#[path = "common/args.rs"]
+mod args;
 #[path = "common/ring.rs"]
 #[allow(dead_code)] // each bench uses part of it
 mod ring;
@@ -158,14 +160,9 @@ impl Clock {
 }
 
 fn main() {
-    let secs: f64 = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0.5);
+    // The filter matches a case's label, e.g. "RX 1514".
+    let (secs, only) = args::parse();
     let dur = Duration::from_secs_f64(secs);
-    // Optional: only cases whose "dir size" contains this, e.g. "RX 1514"
-    // (handy under a profiler).
-    let only = std::env::args().nth(2);
     let qlen = deepen_socket_queues();
     println!(
         "unix datagram socketpair backend ({qlen} frames queued at most), best of {ROUNDS} runs \
