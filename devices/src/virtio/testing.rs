@@ -1,7 +1,9 @@
-//! A driver stand-in for device tests: virtio-queue's mock split queues in
-//! guest memory, buffers placed above them, chains published from (address,
-//! length, device-writable) triples, the used ring read back, and an event
-//! loop run until idle.
+//! A driver stand-in for device tests: split queues in guest memory,
+//! buffers placed above them, chains published from (address, length,
+//! device-writable) triples, the used ring read back, and an event loop run
+//! until idle. The rings are laid out here rather than by virtio-queue's
+//! MockSplitQueue, which puts the used ring over the second half of the
+//! avail ring of a large queue.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -9,9 +11,7 @@ use std::time::{Duration, Instant};
 use crate::GuestMemoryMmap;
 use event_manager::{EventManager, MutEventSubscriber};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 /// Queue `i` lives at `i * QUEUE_SPACING`; buffers go above the queues.
@@ -22,10 +22,36 @@ pub(crate) fn guest_mem(size: usize) -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap()
 }
 
+/// Where one split queue of `size` entries lives, from `base`.
+#[derive(Clone, Copy)]
+struct Rings {
+    desc: GuestAddress,
+    avail: GuestAddress,
+    used: GuestAddress,
+}
+
+impl Rings {
+    fn at(base: u64, size: u16) -> Self {
+        let size = u64::from(size);
+        let avail = base + 16 * size;
+        // flags, idx, ring[size], used_event; the used ring is 4-aligned.
+        let used = (avail + 6 + 2 * size).next_multiple_of(4);
+        assert!(
+            used + 6 + 8 * size <= base + QUEUE_SPACING,
+            "queue too large"
+        );
+        Rings {
+            desc: GuestAddress(base),
+            avail: GuestAddress(avail),
+            used: GuestAddress(used),
+        }
+    }
+}
+
 /// The driver's side of `n` queues.
 pub(crate) struct Driver<'a> {
     pub mem: &'a GuestMemoryMmap,
-    queues: Vec<MockSplitQueue<'a, GuestMemoryMmap>>,
+    queues: Vec<Rings>,
     next_desc: Vec<u16>,
     size: u16,
     /// Where `alloc` places the next buffer.
@@ -37,7 +63,7 @@ impl<'a> Driver<'a> {
         Driver {
             mem,
             queues: (0..n)
-                .map(|i| MockSplitQueue::create(mem, GuestAddress(i as u64 * QUEUE_SPACING), size))
+                .map(|i| Rings::at(i as u64 * QUEUE_SPACING, size))
                 .collect(),
             next_desc: vec![0; n],
             size,
@@ -54,7 +80,14 @@ impl<'a> Driver<'a> {
     pub fn queues(&self, n: usize) -> Vec<Queue> {
         self.queues[..n]
             .iter()
-            .map(|q| q.create_queue().unwrap())
+            .map(|r| {
+                let mut q = Queue::new(self.size).unwrap();
+                q.try_set_desc_table_address(r.desc).unwrap();
+                q.try_set_avail_ring_address(r.avail).unwrap();
+                q.try_set_used_ring_address(r.used).unwrap();
+                q.set_ready(true);
+                q
+            })
             .collect()
     }
 
@@ -88,12 +121,15 @@ impl<'a> Driver<'a> {
                 flags |= VRING_DESC_F_NEXT as u16;
             }
             let idx = first + i as u16;
-            let raw: RawDescriptor = SplitDescriptor::new(addr, len, flags, idx + 1).into();
-            self.queues[q].desc_table().store(idx, raw).unwrap();
+            let at = self.queues[q].desc.unchecked_add(16 * u64::from(idx));
+            self.mem.write_obj(addr, at).unwrap();
+            self.mem.write_obj(len, at.unchecked_add(8)).unwrap();
+            self.mem.write_obj(flags, at.unchecked_add(12)).unwrap();
+            self.mem.write_obj(idx + 1, at.unchecked_add(14)).unwrap();
         }
         self.next_desc[q] += n;
-        // The avail ring by hand: the mock's own helper does not wrap.
-        let avail = self.queues[q].avail_addr();
+        // Publish in the avail ring, wrapping around it.
+        let avail = self.queues[q].avail;
         let idx: u16 = self.mem.read_obj(avail.unchecked_add(2)).unwrap();
         let slot = avail.unchecked_add(4 + 2 * u64::from(idx % self.size));
         self.mem.write_obj(first, slot).unwrap();
@@ -120,7 +156,7 @@ impl<'a> Driver<'a> {
     /// Set the driver's used_event (EVENT_IDX) for queue `q`.
     pub fn set_used_event(&self, q: usize, v: u16) {
         let at = self.queues[q]
-            .avail_addr()
+            .avail
             .unchecked_add(4 + 2 * u64::from(self.size));
         self.mem.write_obj(v, at).unwrap();
     }
@@ -137,7 +173,7 @@ impl<'a> Driver<'a> {
     /// Entries `i` and `i + size` share a slot, so only the latest `size`
     /// entries read back as they were written.
     pub fn used(&self, q: usize) -> Vec<(u32, u32)> {
-        let base = self.queues[q].used_addr();
+        let base = self.queues[q].used;
         let idx: u16 = self.mem.read_obj(base.unchecked_add(2)).unwrap();
         (0..u64::from(idx))
             .map(|i| {
