@@ -121,7 +121,7 @@ impl Engine {
     pub fn drain(&mut self) -> bool {
         match self {
             Engine::Sync(s) => {
-                s.run(&mut Vec::new());
+                s.forget();
                 true
             }
             Engine::IoUring(r) => r.drain(),

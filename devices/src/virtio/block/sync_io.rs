@@ -46,6 +46,11 @@ impl SyncEngine {
         self.queued.len()
     }
 
+    /// Drop the requests pushed and not yet run, unanswered.
+    pub fn forget(&mut self) {
+        self.queued.clear();
+    }
+
     /// Take `op` for the next run.
     pub fn push(&mut self, op: IoOp, pending: Pending) {
         self.queued.push((op, pending));

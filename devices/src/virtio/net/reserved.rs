@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 
 use crate::GuestMemoryMmap;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 /// One chain: its head and how much of the flat queues is its.
 #[derive(Debug)]
@@ -151,27 +151,6 @@ impl Reserved {
                 log::error!("net: writing an RX buffer at {:#x} failed: {e}", addr.0);
             }
             off += n;
-        }
-    }
-
-    /// Write `bytes` at offset `at` of the frame laid out over the chains.
-    pub fn write_at(&self, mem: &GuestMemoryMmap, mut at: usize, mut bytes: &[u8]) {
-        for &(addr, len) in &self.segs {
-            if bytes.is_empty() {
-                return;
-            }
-            if at >= len {
-                at -= len;
-                continue;
-            }
-            let n = (len - at).min(bytes.len());
-            let (now, rest) = bytes.split_at(n);
-            // `at` < `len`: inside the piece, which was checked.
-            if let Err(e) = mem.write_slice(now, addr.unchecked_add(at as u64)) {
-                log::error!("net: writing an RX header at {:#x} failed: {e}", addr.0);
-            }
-            bytes = rest;
-            at = 0;
         }
     }
 

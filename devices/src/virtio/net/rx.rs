@@ -33,7 +33,7 @@ const NUM_BUFFERS_OFFSET: usize = 10;
 enum Read {
     /// A frame of this many bytes is in the host buffer.
     Frame(usize),
-    /// Nothing usable came (a runt, a cut frame, a signal): go on.
+    /// Nothing usable came (a runt, a signal): go on.
     Again,
     /// The backend has no frame, or failed.
     Empty,
@@ -133,7 +133,7 @@ impl RxPath {
                     break;
                 }
                 let read = backend.read_frame(&mut self.frame);
-                match self.check_read(read, MAX_BUFFER_LEN, counters) {
+                match self.check_read(read, counters) {
                     Read::Frame(n) => self.pending = n,
                     Read::Again => continue,
                     Read::Empty => break,
@@ -147,27 +147,14 @@ impl RxPath {
         used
     }
 
-    /// Judge a read of at most `room` bytes from the backend.
-    fn check_read(
-        &mut self,
-        read: io::Result<usize>,
-        room: usize,
-        counters: &mut NetCounters,
-    ) -> Read {
+    /// Judge a read from the backend into the host buffer.
+    fn check_read(&mut self, read: io::Result<usize>, counters: &mut NetCounters) -> Read {
         match read {
             Ok(n) if n < self.hdr_len => {
                 counters.rx_dropped += 1;
                 log_rate_limited(
                     counters.rx_dropped,
                     format_args!("net: dropped a {n}-byte read, shorter than a vnet header"),
-                );
-                Read::Again
-            }
-            Ok(n) if n > room => {
-                counters.rx_dropped += 1;
-                log_rate_limited(
-                    counters.rx_dropped,
-                    format_args!("net: dropped a {n}-byte frame cut to the {room} bytes read"),
                 );
                 Read::Again
             }
@@ -266,33 +253,23 @@ impl RxPath {
             return self.drop_pending(counters, "larger than the guest's RX buffer");
         }
         let chains = self.reserved.chains_for(len, self.mrg_rxbuf);
-        self.reserved
-            .copy_in(mem, self.frame.get(..len).unwrap_or_default());
-        self.pending = 0;
-        self.commit(mem, queue, counters, len, chains, used);
-        Delivery::Delivered
-    }
-
-    /// A frame of `len` bytes is in the first `chains` reserved chains: set
-    /// its `num_buffers` and hand the chains to the driver.
-    fn commit(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        queue: &mut Queue,
-        counters: &mut NetCounters,
-        len: usize,
-        chains: usize,
-        used: &mut bool,
-    ) {
         // `chains` <= the reserved chains, at most a queue's worth (u16).
         let num_buffers = u16::try_from(chains).unwrap_or(u16::MAX);
         if self.hdr_len >= NUM_BUFFERS_OFFSET + 2 {
-            self.reserved
-                .write_at(mem, NUM_BUFFERS_OFFSET, &num_buffers.to_le_bytes());
+            if let Some(field) = self
+                .frame
+                .get_mut(NUM_BUFFERS_OFFSET..NUM_BUFFERS_OFFSET + 2)
+            {
+                field.copy_from_slice(&num_buffers.to_le_bytes());
+            }
         }
+        self.reserved
+            .copy_in(mem, self.frame.get(..len).unwrap_or_default());
         *used |= self.reserved.hand_over(mem, queue, len, chains);
+        self.pending = 0;
         counters.rx_frames += 1;
         counters.rx_bytes += (len - self.hdr_len) as u64;
+        Delivery::Delivered
     }
 
     fn drop_pending(&mut self, counters: &mut NetCounters, why: &str) -> Delivery {
